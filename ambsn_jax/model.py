@@ -1,0 +1,186 @@
+"""The AM-BSN blind-spot network in Flax NNX (spec: `../shared/spec/AMBSN.md` §1).
+
+Layout is NHWC; images are float32 on the 0..255 scale. Module and attribute names follow
+the release where they can, so that `convert/torch2flax.py` maps keys one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ambsn_jax.masks import blind_spot_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class AMBSNConfig:
+    """Architecture of the network; the defaults are the release's."""
+
+    in_ch: int = 3
+    out_ch: int = 3
+    base_ch: int = 128
+    dcl1_num: int = 2  # DCl blocks in each DCB1 body
+    dcl2_num: int = 7  # DCl blocks in each DCB2
+    local_mask: str = "central"  # 3x3 masked conv of the local branch
+    global_mask: str = "x"  # 5x5 masked conv of the global branch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _torch_default_init(fan_in: int) -> nnx.Initializer:
+    """PyTorch's default conv init: weights and biases uniform in +-1/sqrt(fan_in).
+
+    The release defines its own init but never calls it, so training from scratch
+    starts from this.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _masked_conv_fn(kind: str, k: int):
+    """`lax.conv_general_dilated` with the blind-spot mask multiplied into the kernel.
+
+    The mask is a compile-time constant closed over here rather than a state array (as
+    `nnx.Conv(mask=...)` would keep it), so it is neither checkpointed nor trained and XLA
+    can fold it.
+    """
+    m = blind_spot_mask(kind, k)[:, :, None, None]
+
+    def conv_fn(lhs, rhs, *args, **kwargs):
+        return jax.lax.conv_general_dilated(lhs, rhs * m, *args, **kwargs)
+
+    return conv_fn
+
+
+def conv(
+    cin: int,
+    cout: int,
+    k: int = 1,
+    *,
+    rngs: nnx.Rngs,
+    dilation: int = 1,
+    mask: str | None = None,
+) -> nnx.Conv:
+    """A biased, zero-padded, stride-1 'same' conv as every conv of the release.
+
+    With `mask`, the blind-spot pattern is multiplied into the kernel inside every forward
+    pass (the release does it in place on the weight), so blind taps never contribute and
+    their gradients are zero whatever the stored kernel holds.
+    """
+    init = _torch_default_init(cin * k * k)
+    conv_fn = jax.lax.conv_general_dilated if mask is None else _masked_conv_fn(mask, k)
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        padding=dilation * (k // 2),
+        kernel_dilation=dilation,
+        conv_general_dilated=conv_fn,
+        kernel_init=init,
+        bias_init=init,
+        rngs=rngs,
+    )
+
+
+class DCl(nnx.Module):
+    """Dilated residual block: x + 1x1(ReLU(3x3 conv, dilation s))."""
+
+    def __init__(self, ch: int, stride: int, *, rngs: nnx.Rngs):
+        self.dilated = conv(ch, ch, 3, dilation=stride, rngs=rngs)
+        self.pointwise = conv(ch, ch, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.pointwise(jax.nn.relu(self.dilated(x)))
+
+
+class DCB1(nnx.Module):
+    """First-stage branch: masked conv head, dilated body, and a fusion of the two.
+
+    The release's `conv1_1` and `conv1_2` are one module applied to the same tensor, so
+    their outputs are equal: it is one parameter here, evaluated once.
+    """
+
+    def __init__(
+        self, ch: int, stride: int, mask: str, k: int, num_dcl: int, *, rngs: nnx.Rngs
+    ):
+        self.masked = conv(ch, ch, k, mask=mask, rngs=rngs)
+        self.head1 = conv(ch, ch, rngs=rngs)
+        self.head2 = conv(ch, ch, rngs=rngs)
+        self.conv1_1 = conv(ch, ch, rngs=rngs)
+        self.body = nnx.List([DCl(ch, stride, rngs=rngs) for _ in range(num_dcl)])
+        self.body_out = conv(ch, ch, rngs=rngs)
+        self.conv1_3 = conv(2 * ch, ch, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        relu = jax.nn.relu
+        y0 = relu(self.head2(relu(self.head1(relu(self.masked(x))))))
+        fm = relu(self.conv1_1(y0))
+        y = fm
+        for block in self.body:
+            y = block(y)
+        y = relu(self.body_out(y))
+        cat = relu(self.conv1_3(jnp.concatenate([fm, y], axis=-1)))
+        return fm, cat
+
+
+class DCB2(nnx.Module):
+    """Second-stage branch: `num_dcl` dilated residual blocks, then 1x1 + ReLU."""
+
+    def __init__(self, ch: int, stride: int, num_dcl: int, *, rngs: nnx.Rngs):
+        self.body = nnx.List([DCl(ch, stride, rngs=rngs) for _ in range(num_dcl)])
+        self.out = conv(ch, ch, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for block in self.body:
+            x = block(x)
+        return jax.nn.relu(self.out(x))
+
+
+class Tail(nnx.Module):
+    """1x1 convs nC -> C -> C/2 -> C/2 -> out, ReLU between them, none after the last."""
+
+    def __init__(self, cin: int, ch: int, out_ch: int, *, rngs: nnx.Rngs):
+        widths = [cin, ch, ch // 2, ch // 2, out_ch]
+        self.layers = nnx.List(
+            [conv(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers[:-1]:
+            x = jax.nn.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class AMBSN(nnx.Module):
+    """Dual-branch blind-spot network: 3x3 centre-masked local branch, 5x5 X-masked global."""
+
+    def __init__(self, config: AMBSNConfig = AMBSNConfig(), *, rngs: nnx.Rngs):
+        c = config.base_ch
+        self.config = config
+        self.head = conv(config.in_ch, c, rngs=rngs)
+        self.branch_local = DCB1(c, 2, config.local_mask, 3, config.dcl1_num, rngs=rngs)
+        self.branch_global = DCB1(c, 3, config.global_mask, 5, config.dcl1_num, rngs=rngs)
+        # The release's conv2_1 and conv2_2 are one module: one parameter, applied twice.
+        self.conv2 = conv(c, c, rngs=rngs)
+        self.dcb2_local = DCB2(c, 2, config.dcl2_num, rngs=rngs)
+        self.dcb2_global = DCB2(c, 3, config.dcl2_num, rngs=rngs)
+        self.tail = Tail(4 * c, c, config.out_ch, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        relu = jax.nn.relu
+        h = relu(self.head(x))
+        local_fm, local_cat = self.branch_local(h)
+        global_fm, global_cat = self.branch_global(h)
+        g_local = self.dcb2_local(relu(self.conv2(local_cat)))
+        g_global = self.dcb2_global(relu(self.conv2(global_cat)))
+        # Channel order of the release's concatenation: global before local in the second half.
+        return self.tail(jnp.concatenate([local_fm, global_fm, g_global, g_local], axis=-1))

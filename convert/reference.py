@@ -1,0 +1,185 @@
+"""PyTorch reference of the AM-BSN release: its module names, forward, PD, TTA and R3.
+
+Written from `../shared/spec/AMBSN.md` so that `load_state_dict(strict=True)` takes an
+official state dict and the numbers are the release's. It is the yardstick of the JAX port
+(tests, `torch2flax.py` verification, `bench/`), not part of the JAX package; it needs torch.
+The release's bugs are kept here on purpose (R3 with TTA off returns the padded size; TTA
+crashes on odd sizes): the port fixes them and the tests compare on sizes where both agree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CENTRAL_3 = [[1, 1, 1], [1, 0, 1], [1, 1, 1]]
+X_5 = [
+    [0, 1, 1, 1, 0],
+    [1, 0, 1, 0, 1],
+    [1, 1, 0, 1, 1],
+    [1, 0, 1, 0, 1],
+    [0, 1, 1, 1, 0],
+]
+
+
+class MaskedConv2d(nn.Conv2d):
+    """The release's masked conv: the mask is a buffer, multiplied into the weight in place."""
+
+    def __init__(self, in_ch: int, out_ch: int, pattern: list[list[int]]):
+        k = len(pattern)
+        super().__init__(in_ch, out_ch, k, padding=k // 2)
+        mask = torch.tensor(pattern, dtype=torch.float32)
+        self.register_buffer("mask", mask.expand(out_ch, in_ch, k, k).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.weight.data *= self.mask
+        return super().forward(x)
+
+
+class DCl(nn.Module):
+    def __init__(self, stride: int, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=stride, dilation=stride),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class DCB1(nn.Module):
+    def __init__(self, stride: int, ch: int, pattern: list[list[int]], num_dcl: int = 2):
+        super().__init__()
+        self.head = nn.Sequential(
+            MaskedConv2d(ch, ch, pattern), nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.conv1_1 = nn.Sequential(nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True))
+        self.conv1_2 = self.conv1_1  # the release shares the module
+        layers = [DCl(stride, ch) for _ in range(num_dcl)]
+        self.body = nn.Sequential(*layers, nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True))
+        self.conv1_3 = nn.Sequential(nn.Conv2d(2 * ch, ch, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y0 = self.head(x)
+        c11 = self.conv1_1(y0)
+        y1 = self.body(c11)
+        cat = self.conv1_3(torch.cat([c11, y1], dim=1))
+        return self.conv1_2(y0), cat
+
+
+class DCB2(nn.Module):
+    def __init__(self, stride: int, ch: int, num_dcl: int = 7):
+        super().__init__()
+        layers = [DCl(stride, ch) for _ in range(num_dcl)]
+        self.body = nn.Sequential(*layers, nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class AMBSN(nn.Module):
+    """The release's `bsn`: the names here are the keys of an official state dict."""
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, base_ch: int = 128):
+        super().__init__()
+        c = base_ch
+        self.head = nn.Sequential(nn.Conv2d(in_ch, c, 1), nn.ReLU(inplace=True))
+        self.branch_local = DCB1(2, c, CENTRAL_3)
+        self.branch_global = DCB1(3, c, X_5)
+        self.conv2_1 = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU(inplace=True))
+        self.conv2_2 = self.conv2_1
+        self.dc_branchl2_local = DCB2(2, c)
+        self.dc_branchl2_global = DCB2(3, c)
+        self.tail = nn.Sequential(
+            nn.Conv2d(4 * c, c, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c // 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(c // 2, c // 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(c // 2, out_ch, 1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        local_fm, local_cat = self.branch_local(x)
+        global_fm, global_cat = self.branch_global(x)
+        g_local = self.dc_branchl2_local(self.conv2_1(local_cat))
+        g_global = self.dc_branchl2_global(self.conv2_2(global_cat))
+        return self.tail(torch.cat([local_fm, global_fm, g_global, g_local], dim=1))
+
+
+def pixel_shuffle_down_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Tensor:
+    b, c, h, w = x.shape
+    unshuffled = F.pixel_unshuffle(x, f)
+    if pad:
+        unshuffled = F.pad(unshuffled, (pad, pad, pad, pad))
+    hp, wp = h // f + 2 * pad, w // f + 2 * pad
+    return (
+        unshuffled.view(b, c, f, f, hp, wp)
+        .permute(0, 1, 2, 4, 3, 5)
+        .reshape(b, c, h + 2 * f * pad, w + 2 * f * pad)
+    )
+
+
+def pixel_shuffle_up_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Tensor:
+    b, c, hm, wm = x.shape
+    before = x.view(b, c, f, hm // f, f, wm // f).permute(0, 1, 2, 4, 3, 5)
+    if pad:
+        before = before[..., pad:-pad, pad:-pad]
+    before = before.reshape(b, c * f * f, hm // f - 2 * pad, wm // f - 2 * pad)
+    return F.pixel_shuffle(before, f)
+
+
+class Denoiser(nn.Module):
+    """The release's wrapper (`model_weight['denoiser']`): PD forward and `denoise`."""
+
+    def __init__(self, base_ch: int = 128, pd_a: int = 5, pd_b: int = 2, pd_pad: int = 2,
+                 R3: bool = True, R3_T: int = 8, R3_p: float = 0.16, tta: bool = True):  # fmt: skip
+        super().__init__()
+        self.pd_a, self.pd_b, self.pd_pad = pd_a, pd_b, pd_pad
+        self.R3, self.R3_T, self.R3_p, self.tta = R3, R3_T, R3_p, tta
+        self.bsn = AMBSN(base_ch=base_ch)
+
+    def forward(self, img: torch.Tensor, pd: int | None = None) -> torch.Tensor:
+        pd = self.pd_a if pd is None else pd
+        p = self.pd_pad
+        if pd > 1:
+            return pixel_shuffle_up_sampling(
+                self.bsn(pixel_shuffle_down_sampling(img, pd, p)), pd, p
+            )
+        out = self.bsn(F.pad(img, (p, p, p, p)))
+        return out[:, :, p:-p, p:-p] if p else out
+
+    @staticmethod
+    def _pad_to(x: torch.Tensor, m: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, -w % m, 0, -h % m))
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """The release's `denoise`; `masks` (T, *x.shape) replaces torch.rand_like draws."""
+        h, w = x.shape[-2:]
+        if self.tta:
+            a = self.forward(self._pad_to(x, self.pd_b), self.pd_b)
+            b = self.forward(self._pad_to(x, self.pd_a), self.pd_a)[:, :, :h, :w]
+            y = 0.2 * b + 0.8 * a  # as released: fails unless h and w divide by pd_b
+        else:
+            x = self._pad_to(x, self.pd_b)
+            y = self.forward(x, self.pd_b)
+            if not self.R3:
+                return y[:, :, :h, :w]
+        if not self.R3:
+            return y
+        p = self.pd_pad
+        outs = []
+        for t in range(self.R3_T):
+            mask = masks[t] if masks is not None else torch.rand_like(x) < self.R3_p
+            z = y.clone()
+            z[mask] = x[mask]
+            z = F.pad(z, (p, p, p, p), mode="reflect")
+            o = self.bsn(z)
+            outs.append(o[:, :, p:-p, p:-p] if p else o)
+        return torch.stack(outs, dim=-1).mean(dim=-1)  # padded size when TTA is off
