@@ -13,11 +13,13 @@ import re
 import zipfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from ambsn_jax.errors import UserError
 from ambsn_jax.masks import blind_spot_mask
-from ambsn_jax.model import AMBSNConfig
+from ambsn_jax.model import AMBSN, AMBSNConfig
 
 FlatParams = dict[tuple[str | int, ...], np.ndarray]
 
@@ -178,3 +180,15 @@ def state_dict_to_params(
     if problems:
         raise UserError("; ".join(problems))
     return params
+
+
+def model_from_state_dict(sd: dict[str, np.ndarray]) -> AMBSN:
+    """An AM-BSN holding the weights of a (prefixed or bare) official state dict."""
+    sd = strip_prefixes(sd)
+    cfg = infer_config(sd)
+    model = AMBSN(cfg, rngs=nnx.Rngs(0))  # every value is overwritten below
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    params = state_dict_to_params(sd, cfg, {path: var.get_value() for path, var in flat.items()})
+    for path, var in flat.items():
+        var.set_value(jnp.asarray(params[path]))
+    return model

@@ -1,0 +1,102 @@
+"""Checkpoints on disk: one Orbax `CheckpointManager` layout for converted and trained models.
+
+Every step directory holds the item `params` (the model's parameters as a pure dict) and
+the item `meta` (JSON: architecture, its config, where the weights came from). Training adds
+its own items beside them (optimizer, RNG, data iterator); `load_model` reads only these two,
+so a converted checkpoint and a training run's checkpoints load the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ambsn_jax import __version__, torch_port
+from ambsn_jax.errors import UserError
+from ambsn_jax.model import AMBSN, AMBSNConfig
+
+PARAMS = "params"
+META = "meta"
+# A training workdir keeps its manager here; load_model accepts the workdir itself too.
+WORKDIR_CHECKPOINTS = "checkpoints"
+
+
+def build_model(meta: dict[str, Any], seed: int = 0) -> AMBSN:
+    """A freshly initialised network of the architecture that `meta` records."""
+    if meta.get("arch", "ambsn") != "ambsn":
+        raise UserError(f"unknown architecture {meta['arch']!r} in checkpoint metadata")
+    return AMBSN(AMBSNConfig(**meta["config"]), rngs=nnx.Rngs(seed))
+
+
+def model_meta(model: AMBSN, **extra: Any) -> dict[str, Any]:
+    return {"arch": "ambsn", "config": model.config.to_dict(), "tool_version": __version__, **extra}
+
+
+def params_dict(model: nnx.Module) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _abstract_params(model: nnx.Module) -> dict:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, params_dict(model))
+
+
+def save_params(directory: str | Path, model: nnx.Module, meta: dict[str, Any], step: int = 0) -> None:
+    """Write `model`'s parameters and `meta` as step `step` of a manager at `directory`."""
+    with ocp.CheckpointManager(Path(directory).absolute()) as mngr:
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                **{PARAMS: ocp.args.StandardSave(params_dict(model)), META: ocp.args.JsonSave(meta)}
+            ),
+        )
+        mngr.wait_until_finished()
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    return path / WORKDIR_CHECKPOINTS if (path / WORKDIR_CHECKPOINTS).is_dir() else path
+
+
+def _pick_step(mngr: ocp.CheckpointManager, path: Path, step: int | None) -> int:
+    steps = mngr.all_steps()
+    if not steps:
+        raise UserError(f"{path}: no checkpoint in this directory (convert a .pth with convert/torch2flax.py, or train)")
+    if step is None:
+        # A training run's best by validation PSNR when it tracked one, else its latest.
+        best = mngr.best_step()
+        return best if best is not None else mngr.latest_step()
+    if step not in steps:
+        raise UserError(f"{path}: no step {step}; steps present: {', '.join(map(str, steps))}")
+    return step
+
+
+def load_model(path: str | Path, step: int | None = None) -> tuple[AMBSN, dict[str, Any]]:
+    """A ready model and its metadata from an Orbax checkpoint directory or a `.pth` file.
+
+    A `.pth` (the release's format) is converted in memory, with every check of
+    `convert/torch2flax.py`. A directory is a manager written by `save_params` or by
+    training (its workdir works too); `step` defaults to the best, else the latest.
+    """
+    path = Path(path)
+    if path.suffix == ".pth" or path.is_file():
+        state_dict = torch_port.read_pth(path)
+        model = torch_port.model_from_state_dict(state_dict)
+        return model, model_meta(model, source=str(path), source_sha256=torch_port.sha256_file(path))
+    if not path.is_dir():
+        raise UserError(f"{path}: no such checkpoint (give an Orbax directory or a .pth file)")
+    ckpt_dir = _checkpoint_dir(path)
+    with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+        step = _pick_step(mngr, ckpt_dir, step)
+        meta = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+        model = build_model(meta)
+        restored = mngr.restore(
+            step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(_abstract_params(model))})
+        )[PARAMS]
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, restored))
+    nnx.update(model, state)
+    return model, {**meta, "step": step}
