@@ -147,11 +147,29 @@ class Denoiser:
     def __init__(self, model: nnx.Module, cfg: InferenceConfig = InferenceConfig()):
         self.cfg = cfg
         graphdef, self.state = nnx.split(model)
-        self._fn = jax.jit(partial(_denoise_pure, graphdef, cfg))
+        pure = partial(_denoise_pure, graphdef, cfg)
+        self._fn = jax.jit(pure)
+        self._each = jax.jit(jax.vmap(lambda s, x, k: pure(s, x[None], k)[0], in_axes=(None, 0, 0)))
 
     def __call__(self, x: jax.Array | np.ndarray, key: jax.Array) -> jax.Array:
         """(N, H, W, 3) float in 0..255 -> the same shape; `postprocess` rounds it."""
         return self._fn(self.state, jnp.asarray(x, jnp.float32), key)
+
+    def each(self, x: jax.Array | np.ndarray, keys: jax.Array) -> jax.Array:
+        """As calling it, but image i draws its randomness from keys[i] (keys: shape (N,)) alone.
+
+        An image's result then does not depend on which images share its batch, so scores
+        do not change with the batch size.
+        """
+        return self._each(self.state, jnp.asarray(x, jnp.float32), keys)
+
+    def compile_each(self, shape: tuple[int, ...]) -> None:
+        """Compile `each` for (N, H, W, 3) batches now rather than on its first call.
+
+        Lets a caller time compilation apart from running; the jit cache keeps the result.
+        """
+        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), shape[0]))
+        self._each.lower(self.state, jax.ShapeDtypeStruct(shape, jnp.float32), keys).compile()
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:

@@ -1,0 +1,213 @@
+"""`evaluate.py` / `ambsn-evaluate`: SIDD scores, benchmark submissions, denoising image files.
+
+Exit status: 0 done, 1 some images of a folder failed (the others are written), 2 bad input
+(one `error:` line, see `ambsn_jax.cli.run_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ambsn_jax.checkpoint import load_model
+from ambsn_jax.cli import run_cli
+from ambsn_jax.data.demo import demo_root
+from ambsn_jax.data.images import list_images
+from ambsn_jax.errors import UserError
+from ambsn_jax.evaluation import dnd, folder, sidd, submission
+from ambsn_jax.evaluation.common import atomic_path, checkpoint_sha256
+from ambsn_jax.inference import Denoiser, InferenceConfig
+
+# Shipped with the package once trained; used when --ckpt is left out.
+DEFAULT_CKPT = Path(__file__).resolve().parent.parent / "assets" / "demo_ckpt"
+
+# Dataset option -> the output option it needs.
+_OUTPUT_OF = {"sidd_bench": "submission", "input": "output", "dnd": "submission_dir"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as one `error:` line (via UserError), like every other input error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high (high None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        value = int(text) if text.lstrip("-").isdigit() else None
+        if value is None or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer {bounds}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        description="Evaluate an AM-BSN checkpoint: SIDD validation scores (the default runs on the "
+        "embedded demo set), SIDD / DND benchmark submissions, or denoised image files."
+    )
+    data = p.add_argument_group("what to run on (one of; default: the embedded demo validation set)")
+    data.add_argument("--sidd-val", type=Path, metavar="DIR", help="folder of Validation*BlocksSrgb.mat")
+    data.add_argument("--sidd-bench", type=Path, metavar="DIR", help="folder of BenchmarkNoisyBlocksSrgb.mat")
+    data.add_argument("--input", type=Path, metavar="PATH", help="an image, or a folder of PNG/JPEG/TIFF/BMP")
+    data.add_argument("--dnd", type=Path, metavar="DIR", help="DND sRGB folder (info.mat, images_srgb/)")
+    data.add_argument(
+        "--check-submission", type=Path, metavar="FILE",
+        help="validate a SIDD submission against --sidd-bench DIR; loads no model",
+    )  # fmt: skip
+    out = p.add_argument_group("outputs")
+    out.add_argument("--submission", type=Path, metavar="OUT.csv|OUT.mat", help="SIDD benchmark submission")
+    out.add_argument("--output", type=Path, metavar="DIR", help="folder for the denoised <stem>.png files")
+    out.add_argument("--submission-dir", type=Path, metavar="OUT", help="folder for the DND .mat files")
+    val = p.add_argument_group("validation")
+    val.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
+    val.add_argument("--limit", type=_int_in(1), metavar="N", help="score the first N blocks only")
+    inf = p.add_argument_group("model and inference")
+    inf.add_argument(
+        "--ckpt", type=Path, metavar="CKPT",
+        help="Orbax checkpoint directory or release .pth (default: the shipped demo checkpoint, "
+        "ambsn_jax/assets/demo_ckpt)",
+    )  # fmt: skip
+    inf.add_argument("--no-tta", action="store_true", help="PD-2 pass only, no PD-5 fusion")
+    inf.add_argument("--no-r3", action="store_true", help="skip random-replacing refinement")
+    inf.add_argument("--self-ensemble", action="store_true", help="average over the 8 rotations / flips")
+    inf.add_argument(
+        "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
+        help="R3 randomness; an item's draws depend only on this and its index (default 0)",
+    )  # fmt: skip
+    inf.add_argument("--batch", type=_int_in(1), default=4, metavar="N", help="blocks / tiles per call (%(default)s)")
+    inf.add_argument("--tile", type=_int_in(1), default=512, metavar="PX", help="images, DND: tile side (%(default)s)")
+    inf.add_argument("--overlap", type=_int_in(0), default=64, metavar="PX", help="images, DND: tile overlap (%(default)s)")
+    return p
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _mode(args: argparse.Namespace) -> str:
+    """The run's mode ('demo', 'sidd_val', 'sidd_bench', 'input', 'dnd', 'check'); refuses misfits."""
+    datasets = [d for d in ("sidd_val", "sidd_bench", "input", "dnd") if getattr(args, d) is not None]
+    if len(datasets) > 1:
+        raise UserError(f"give only one of {', '.join(map(_flag, datasets))}")
+    mode = "check" if args.check_submission else (datasets[0] if datasets else "demo")
+    if mode == "check":
+        if args.sidd_bench is None:
+            raise UserError("--check-submission needs --sidd-bench DIR, the benchmark it is checked against")
+        if args.submission is not None:
+            raise UserError("--check-submission checks an existing file; leave out --submission")
+    for dataset, output in _OUTPUT_OF.items():
+        if getattr(args, output) is not None and mode != dataset:
+            raise UserError(f"{_flag(output)} goes with {_flag(dataset)} only")
+        if mode == dataset and getattr(args, output) is None:
+            raise UserError(f"{_flag(dataset)} needs {_flag(output)}, where the results go")
+    for option in ("json", "limit"):
+        if getattr(args, option) is not None and mode not in ("demo", "sidd_val"):
+            raise UserError(f"{_flag(option)} applies to validation (--sidd-val or the demo set) only")
+    if args.overlap >= args.tile:
+        raise UserError(f"--overlap {args.overlap}: must be below --tile {args.tile}")
+    return mode
+
+
+def _checkpoint(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    if not DEFAULT_CKPT.exists():
+        raise UserError(
+            "no --ckpt given and no demo checkpoint is shipped; pass --ckpt CKPT (Orbax directory or .pth)"
+        )
+    return DEFAULT_CKPT
+
+
+def _denoiser(args: argparse.Namespace) -> tuple[Denoiser, Path]:
+    ckpt = _checkpoint(args.ckpt)
+    model, _ = load_model(ckpt)
+    cfg = InferenceConfig(tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble)
+    return Denoiser(model, cfg), ckpt
+
+
+def _validate(args: argparse.Namespace, root: Path) -> int:
+    # Data before the model: a wrong path fails at once, not after loading a checkpoint.
+    noisy, clean = sidd.load_validation(root)
+    denoiser, ckpt = _denoiser(args)
+    scores = sidd.score_validation(denoiser, noisy, clean, args.seed, args.batch, args.limit)
+    options: dict[str, Any] = {
+        "dataset": str(root),
+        **{k: getattr(args, k) for k in ("seed", "batch", "limit", "self_ensemble")},
+        "tta": not args.no_tta,
+        "r3": not args.no_r3,
+    }
+    checkpoint = {"path": str(ckpt), "sha256": checkpoint_sha256(ckpt)}
+    report = {**scores, "options": options, "checkpoint": checkpoint}
+    t = scores["timing"]
+    print(
+        f"{len(scores['blocks'])} blocks of {root}: PSNR {scores['psnr']:.2f} dB, "
+        f"SSIM {scores['ssim']:.4f} (noisy input {scores['noisy_psnr']:.2f} dB, {scores['noisy_ssim']:.4f}); "
+        f"compile {t['compile_s']:.1f} s, {t['per_block_s']:.3f} s/block"
+    )
+    if args.json is not None:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    submission.check_suffix(args.submission)  # before hours of denoising, not after
+    noisy = sidd.load_benchmark(args.sidd_bench)
+    denoiser, _ = _denoiser(args)
+    denoised = sidd.denoise_benchmark(denoiser, noisy, args.seed, args.batch)
+    submission.write_submission(args.submission, denoised)
+    print(f"wrote {args.submission}: {noisy.shape[0] * noisy.shape[1]} blocks")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    shape = sidd.load_benchmark(args.sidd_bench).shape
+    submission.read_submission(args.check_submission, shape)
+    block = "x".join(map(str, shape[2:]))
+    print(f"ok: {args.check_submission} holds the {shape[0] * shape[1]} blocks of {block} uint8")
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    outputs = folder.output_paths(list_images(args.input), args.output)
+    denoiser, _ = _denoiser(args)
+    failures = folder.denoise_files(denoiser, outputs, args.seed, args.tile, args.overlap, args.batch)
+    print(f"wrote {len(outputs) - len(failures)} of {len(outputs)} images to {args.output}")
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _dnd(args: argparse.Namespace) -> int:
+    boxes = dnd.read_boxes(args.dnd)  # before the model loads: a wrong folder fails at once
+    denoiser, _ = _denoiser(args)
+    out = args.submission_dir
+    dnd.denoise_dnd(denoiser, args.dnd, boxes, out, args.seed, args.tile, args.overlap, args.batch)
+    print(f"wrote {sum(map(len, boxes))} boxes to {out}; upload {out / 'bundled'}")
+    return 0
+
+
+def _evaluate(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    mode = _mode(args)
+    if mode in ("demo", "sidd_val"):
+        return _validate(args, demo_root() if mode == "demo" else args.sidd_val)
+    run = {"sidd_bench": _benchmark, "check": _check, "input": _images, "dnd": _dnd}[mode]
+    return run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line `argv` (default: sys.argv[1:]); returns the exit status.
+
+    It wraps itself in `run_cli` because a console script calls `main()` bare.
+    """
+    return run_cli(_evaluate, argv)

@@ -1,0 +1,111 @@
+"""The DND sRGB benchmark (Ploetz & Roth, CVPR 2017), in the layout of its submission kit.
+
+Input, the kit's data folder:
+- `info.mat` (MATLAB v7.3, HDF5): `info.boundingboxes`, a cell with one (boxes, 4) array per
+  image; a row is [r1 c1 r2 c2], 1-based and inclusive (the kit crops `[r1-1:r2, c1-1:c2]`).
+- `images_srgb/NNNN.mat` (v7.3), NNNN from 0001: `InoisySRGB`, float (H, W, 3) in 0..1.
+
+Output, as the kit's `denoise_srgb` and `bundle_submissions_srgb` write it:
+- `OUT/NNNN_BB.mat`: `Idenoised_crop`, float32 (h, w, 3) in 0..1, one file per box;
+- `OUT/bundled/NNNN.mat`: `Idenoised` (cell of the image's crops), `israw` false,
+  `eval_version` '1.0'. The `bundled` folder is what gets uploaded.
+
+Assumptions: the counts of images and boxes come from `info.mat` (50 x 20 in the real set)
+rather than being fixed; the kit's noise estimates (`nlf`, `sigma_srgb`) are not used. Crops
+are denoised on the 0..255 scale and rounded like every other output (`postprocess`), then
+divided by 255.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.io
+from tqdm import tqdm
+
+from ambsn_jax.errors import UserError
+from ambsn_jax.evaluation.common import atomic_path, item_keys
+from ambsn_jax.inference import Denoiser, denoise_image, postprocess
+
+_H5_ERRORS = (OSError, KeyError, ValueError, TypeError)
+
+
+def read_boxes(root: str | Path) -> list[np.ndarray]:
+    """Per image, its boxes as int (boxes, 4) rows [r1, c1, r2, c2], 1-based and inclusive."""
+    path = Path(root) / "info.mat"
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass the DND folder that holds info.mat and images_srgb/")
+    try:
+        with h5py.File(path, "r") as f:
+            info = f["info"]
+            # MATLAB stores the cell as object references and every array transposed.
+            boxes = [np.asarray(info[ref]).T for ref in info["boundingboxes"][()].reshape(-1)]
+    except _H5_ERRORS as e:
+        raise UserError(f"{path}: not DND's info.mat ({e}); pass the DND sRGB folder") from e
+    for i, b in enumerate(boxes):
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise UserError(f"{path}: boxes of image {i + 1} have shape {b.shape}, not (boxes, 4)")
+    return [b.astype(np.int64) for b in boxes]
+
+
+def read_noisy(root: str | Path, image: int) -> np.ndarray:
+    """Noisy image `image` (1-based, as in the file names): float32 (H, W, 3) in 0..1."""
+    path = Path(root) / "images_srgb" / f"{image:04d}.mat"
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; info.mat lists image {image}")
+    try:
+        with h5py.File(path, "r") as f:
+            noisy = np.asarray(f["InoisySRGB"], np.float32).T
+    except _H5_ERRORS as e:
+        raise UserError(f"{path}: no readable InoisySRGB array ({e}); pass the DND sRGB images") from e
+    if noisy.ndim != 3 or noisy.shape[2] != 3:
+        raise UserError(f"{path}: InoisySRGB has shape {noisy.shape}, not (H, W, 3)")
+    return noisy
+
+
+def _crop(noisy: np.ndarray, box: np.ndarray, where: str) -> np.ndarray:
+    r1, c1, r2, c2 = (int(v) for v in box)
+    h, w = noisy.shape[:2]
+    if not (1 <= r1 <= r2 <= h and 1 <= c1 <= c2 <= w):
+        raise UserError(f"{where}: box {[r1, c1, r2, c2]} lies outside the {h}x{w} image")
+    return noisy[r1 - 1 : r2, c1 - 1 : c2]
+
+
+def _save_mat(path: Path, variables: dict) -> None:
+    with atomic_path(path) as tmp:
+        scipy.io.savemat(tmp, variables, appendmat=False)
+
+
+def denoise_dnd(
+    denoiser: Denoiser,
+    root: str | Path,
+    all_boxes: list[np.ndarray],
+    out_dir: str | Path,
+    seed: int,
+    tile: int,
+    overlap: int,
+    batch: int,
+) -> None:
+    """Writes every box's result and the bundled files; `all_boxes` as `read_boxes(root)` gives them.
+
+    Box n, counted over all images in order, draws its R3 randomness from `item_keys(seed, [n])`.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    n = 0
+    with tqdm(total=sum(map(len, all_boxes)), desc="DND", unit="box", disable=None) as bar:
+        for image, boxes in enumerate(all_boxes, start=1):
+            noisy = read_noisy(root, image)
+            crops = np.empty(len(boxes), dtype=object)  # saved as a MATLAB cell, as the kit does
+            for k, box in enumerate(boxes):
+                crop = _crop(noisy, box, f"{root / 'info.mat'} (image {image}, box {k + 1})")
+                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [n])[0], tile, overlap, batch)
+                crops[k] = (np.asarray(postprocess(out)) / 255.0).astype(np.float32)
+                _save_mat(out_dir / f"{image:04d}_{k + 1:02d}.mat", {"Idenoised_crop": crops[k]})
+                n += 1
+                bar.update()
+            _save_mat(
+                out_dir / "bundled" / f"{image:04d}.mat",
+                {"Idenoised": crops, "israw": False, "eval_version": "1.0"},
+            )

@@ -1,0 +1,54 @@
+"""Denoising image files: each input comes out as `<stem>.png` with its own size, depth and channels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ambsn_jax.data.images import read_image, write_image
+from ambsn_jax.errors import UserError
+from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.inference import Denoiser, denoise_image
+
+
+def output_paths(inputs: list[Path], out_dir: str | Path) -> dict[Path, Path]:
+    """`<out_dir>/<stem>.png` for every input; refuses names that would clash or overwrite an input."""
+    out_dir = Path(out_dir)
+    outputs = {source: out_dir / f"{source.stem}.png" for source in inputs}
+    sources = {p.resolve() for p in inputs}
+    taken: dict[Path, Path] = {}
+    for source, target in outputs.items():
+        if target.resolve() in sources:
+            raise UserError(f"{target}: would overwrite an input image; pick another --output folder")
+        if target in taken:
+            raise UserError(f"{taken[target]} and {source} would both be written to {target}; rename one")
+        taken[target] = source
+    return outputs
+
+
+def denoise_files(
+    denoiser: Denoiser,
+    outputs: dict[Path, Path],
+    seed: int,
+    tile: int,
+    overlap: int,
+    batch: int,
+) -> list[str]:
+    """Denoises every input onto its output path; returns one message per file that failed.
+
+    A file that cannot be read or written does not stop the others. Image i (in the order
+    given) draws its R3 randomness from `item_keys(seed, [i])`; large images are tiled.
+    """
+    failures = []
+    for i, (source, target) in enumerate(tqdm(outputs.items(), desc="denoising", unit="image", disable=None)):
+        try:
+            image, info = read_image(source)
+            out = denoise_image(denoiser, image, item_keys(seed, [i])[0], tile, overlap, batch)
+            # write_image rounds as `postprocess` does (+0.5, floor, clip), at the file's own depth:
+            # bit-identical for 8-bit files, and 16-bit files keep the network's finer output.
+            write_image(target, np.asarray(out), info)
+        except UserError as e:
+            failures.append(str(e))
+    return failures

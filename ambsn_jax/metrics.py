@@ -1,0 +1,22 @@
+"""PSNR and SSIM exactly as the release computes them (spec: `../shared/spec/AMBSN.md` §4)."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+
+def _pair(clean: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # The release scores float32 tensors; skimage's SSIM keeps float32 inputs in float32, so
+    # the dtype changes the last digits. Both the same dtype also avoids skimage's warning.
+    return np.asarray(clean, np.float32), np.clip(np.asarray(test, np.float32), 0.0, 255.0)
+
+
+def psnr(clean: np.ndarray, test: np.ndarray) -> float:
+    """PSNR in dB of `test` against `clean`, both (H, W, 3) on the 0..255 scale."""
+    return float(peak_signal_noise_ratio(*_pair(clean, test), data_range=255))
+
+
+def ssim(clean: np.ndarray, test: np.ndarray) -> float:
+    """SSIM with skimage's defaults (7x7 uniform window), channels averaged."""
+    return float(structural_similarity(*_pair(clean, test), channel_axis=2, data_range=255))

@@ -1,0 +1,8 @@
+"""Evaluate an AM-BSN checkpoint: `python evaluate.py --help`. The work is in `ambsn_jax.evaluation`."""
+
+import sys
+
+from ambsn_jax.evaluation.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
