@@ -92,7 +92,8 @@ def load_model(path: str | Path, step: int | None = None) -> tuple[AMBSN, dict[s
     with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
         step = _pick_step(mngr, ckpt_dir, step)
         meta = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-        model = build_model(meta)
+        # Shapes only: the restore sets every value, and a random init costs seconds of compiling.
+        model = nnx.eval_shape(lambda: build_model(meta))
         restored = mngr.restore(
             step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(_abstract_params(model))})
         )[PARAMS]

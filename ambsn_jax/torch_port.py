@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-import zipfile
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -32,6 +32,14 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _load_error_reason(e: Exception) -> str:
+    """The informative line of a torch.load error; torch opens with advice on trusting the file."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return f"{type(e).__name__}: {(useful or lines or ['no message'])[0]}"
+
+
 def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     """The state dict inside a `.pth` as float32 numpy arrays, loaded as untrusted input.
 
@@ -47,21 +55,29 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        # weights_only: a checkpoint from the internet must not be able to run code.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Files not written by torch.save make torch warn about their pickle protocol;
+            # the refusal below says all there is to say.
+            warnings.simplefilter("ignore", UserWarning)
+            # weights_only: a checkpoint from the internet must not be able to run code.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{path}: refused to unpickle ({first}); only plain tensors are allowed") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from e
+        # Either not a checkpoint at all, or one that holds more than tensors (code, maybe).
+        raise UserError(
+            f"{path}: not a checkpoint of plain tensors, refused to unpickle it ({_load_error_reason(e)})"
+        ) from e
+    except Exception as e:
+        # Arbitrary bytes make torch's readers fail in arbitrary ways (KeyError on a text
+        # file, EOFError on an empty one, RuntimeError on a truncated zip): all mean "not a
+        # checkpoint", whatever the type.
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_load_error_reason(e)})") from e
     if isinstance(obj, dict) and isinstance(obj.get("model_weight"), dict):
         obj = obj["model_weight"].get("denoiser", obj["model_weight"])
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{path}: holds no state dict (expected {{'model_weight': {{'denoiser': ...}}}})")
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise UserError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+        raise UserError(f"{path}: entries that are not named tensors: {', '.join(map(str, bad[:5]))}")
     return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
 
 
@@ -76,17 +92,20 @@ def _count(sd: dict[str, np.ndarray], pattern: str) -> int:
 
 def infer_config(sd: dict[str, np.ndarray]) -> AMBSNConfig:
     """Width and block counts of a stripped state dict, read off its shapes and keys."""
-    if "head.0.weight" not in sd:
-        raise UserError("state dict has no 'head.0.weight': not an AM-BSN checkpoint")
-    # Every DCB1 body is DCl blocks then one 1x1 conv; every DCB2 likewise.
-    n1 = _count(sd, r"branch_local\.body\.(\d+)\.weight")
-    n2 = _count(sd, r"dc_branchl2_local\.body\.(\d+)\.weight")
+    head = sd.get("head.0.weight")
+    if head is None or head.ndim != 4:
+        raise UserError("state dict has no 4-D 'head.0.weight': not an AM-BSN checkpoint")
+    tail = sd.get("tail.6.weight")
+    # A DCl block counts if any of its tensors is there, so that a lost tensor is reported
+    # as missing rather than silently shrinking the architecture.
+    dcl1 = _count(sd, r"branch_local\.body\.(\d+)\.body\..+")
+    dcl2 = _count(sd, r"dc_branchl2_local\.body\.(\d+)\.body\..+")
     return AMBSNConfig(
-        in_ch=sd["head.0.weight"].shape[1],
-        base_ch=sd["head.0.weight"].shape[0],
-        out_ch=sd["tail.6.weight"].shape[0] if "tail.6.weight" in sd else 3,
-        dcl1_num=_count(sd, r"branch_local\.body\.(\d+)\.body\.0\.weight") if n1 else 2,
-        dcl2_num=_count(sd, r"dc_branchl2_local\.body\.(\d+)\.body\.0\.weight") if n2 else 7,
+        in_ch=head.shape[1],
+        base_ch=head.shape[0],
+        out_ch=tail.shape[0] if tail is not None and tail.ndim == 4 else 3,
+        dcl1_num=dcl1 or 2,
+        dcl2_num=dcl2 or 7,
     )
 
 
@@ -140,6 +159,13 @@ def _to_flax(key: str, value: np.ndarray) -> np.ndarray:
     return value.transpose(2, 3, 1, 0) if key.endswith(".weight") else value
 
 
+def _torch_shape(key: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if key.endswith(".weight"):
+        h, w, i, o = flax_shape
+        return (o, i, h, w)
+    return flax_shape
+
+
 def state_dict_to_params(
     sd: dict[str, np.ndarray], cfg: AMBSNConfig, expected_shapes: FlatParams
 ) -> FlatParams:
@@ -162,11 +188,13 @@ def state_dict_to_params(
     for key, path in names.items():
         if key not in sd:
             continue
+        want = _torch_shape(key, expected_shapes[path].shape)
+        if sd[key].shape != want:
+            # Compared before transposing: a tensor of the wrong rank cannot be transposed.
+            problems.append(f"{key}: shape {sd[key].shape}, expected {want}")
+            continue
         value = _to_flax(key, sd[key])
-        want = expected_shapes[path].shape
-        if value.shape != want:
-            problems.append(f"{key}: shape {sd[key].shape}, expected {_to_flax(key, np.empty(want)).shape}")
-        elif path in params and not np.array_equal(params[path], value):
+        if path in params and not np.array_equal(params[path], value):
             problems.append(f"{key}: differs from the module it shares weights with")
         else:
             params[path] = value
@@ -186,7 +214,8 @@ def model_from_state_dict(sd: dict[str, np.ndarray]) -> AMBSN:
     """An AM-BSN holding the weights of a (prefixed or bare) official state dict."""
     sd = strip_prefixes(sd)
     cfg = infer_config(sd)
-    model = AMBSN(cfg, rngs=nnx.Rngs(0))  # every value is overwritten below
+    # Shapes only: every value is set below, and a random init costs seconds of compiling.
+    model = nnx.eval_shape(lambda: AMBSN(cfg, rngs=nnx.Rngs(0)))
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     params = state_dict_to_params(sd, cfg, {path: var.get_value() for path, var in flat.items()})
     for path, var in flat.items():
