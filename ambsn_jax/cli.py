@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,9 @@ from ambsn_jax.errors import UserError
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)`; a UserError becomes `error: <message>` on stderr and exit status 2."""
+    # Orbax logs routine notices (e.g. "Given directory is read only") as absl warnings on
+    # stderr, which would bury the one `error:` line of a refusal.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         return main(argv)
     except UserError as e:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import logging
 import shutil
 import sys
 import uuid
@@ -82,9 +81,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _convert(argv: Sequence[str] | None) -> int:
     args = _parse_args(argv)
-    # Orbax logs routine notices (e.g. "Given directory is read only") as warnings on
-    # stderr, which would bury the one `error:` line of a refusal.
-    logging.getLogger("absl").setLevel(logging.ERROR)
     src: Path = args.checkpoint
     out: Path = (args.out or default_out(src)).absolute()
     if out.exists() and not args.force:
