@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ambsn_jax import __version__, torch_port
+from ambsn_jax import __version__, family, torch_port
 from ambsn_jax.errors import UserError
-from ambsn_jax.model import AMBSN, AMBSNConfig
+from ambsn_jax.family import Model
 
 PARAMS = "params"
 META = "meta"
@@ -26,15 +26,21 @@ META = "meta"
 WORKDIR_CHECKPOINTS = "checkpoints"
 
 
-def build_model(meta: dict[str, Any], seed: int = 0) -> AMBSN:
-    """A freshly initialised network of the architecture that `meta` records."""
-    if meta.get("arch", "ambsn") != "ambsn":
-        raise UserError(f"unknown architecture {meta['arch']!r} in checkpoint metadata")
-    return AMBSN(AMBSNConfig(**meta["config"]), rngs=nnx.Rngs(seed))
+def build_model(meta: dict[str, Any], seed: int = 0) -> Model:
+    """A freshly initialised network of the architecture that `meta` records (default AM-BSN)."""
+    arch = meta.get("arch", "ambsn")
+    if arch not in family.ARCHITECTURES:
+        raise UserError(f"unknown architecture {arch!r} in checkpoint metadata")
+    return family.build(arch, meta["config"], nnx.Rngs(seed))
 
 
-def model_meta(model: AMBSN, **extra: Any) -> dict[str, Any]:
-    return {"arch": "ambsn", "config": model.config.to_dict(), "tool_version": __version__, **extra}
+def model_meta(model: Model, **extra: Any) -> dict[str, Any]:
+    return {
+        "arch": family.arch_of(model.config),
+        "config": model.config.to_dict(),
+        "tool_version": __version__,
+        **extra,
+    }
 
 
 def params_dict(model: nnx.Module) -> dict:
@@ -74,11 +80,11 @@ def _pick_step(mngr: ocp.CheckpointManager, path: Path, step: int | None) -> int
     return step
 
 
-def load_model(path: str | Path, step: int | None = None) -> tuple[AMBSN, dict[str, Any]]:
+def load_model(path: str | Path, step: int | None = None) -> tuple[Model, dict[str, Any]]:
     """A ready model and its metadata from an Orbax checkpoint directory or a `.pth` file.
 
-    A `.pth` (the release's format) is converted in memory, with every check of
-    `convert/torch2flax.py`. A directory is a manager written by `save_params` or by
+    A `.pth` (the releases' format) is converted in memory, with every check of
+    `convert/torch2flax.py`, its architecture told by its keys. A directory is a manager written by `save_params` or by
     training (its workdir works too); `step` defaults to the best, else the latest.
     """
     path = Path(path)

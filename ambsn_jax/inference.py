@@ -8,8 +8,9 @@ shape; `denoise_image` tiles an image of any size so that memory stays bounded.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,15 @@ class InferenceConfig:
     r3_t: int = 8
     r3_p: float = 0.16
     self_ensemble: bool = False  # average over the 8 rotations / flips
+
+
+def default_inference(meta: Mapping[str, Any]) -> InferenceConfig:
+    """The inference of the release of the architecture that checkpoint metadata `meta` records.
+
+    AM-BSN fuses the PD-2 and PD-5 passes (TTA); AP-BSN and MM-BSN have no such fusion:
+    PD 2, then R3.
+    """
+    return InferenceConfig(tta=meta.get("arch", "ambsn") == "ambsn")
 
 
 def _crop(x: jax.Array, p: int) -> jax.Array:

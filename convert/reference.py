@@ -1,13 +1,17 @@
-"""PyTorch reference of the AM-BSN release: its module names, forward, PD, TTA and R3.
+"""PyTorch reference of the AM-BSN, AP-BSN and MM-BSN releases: module names, forward, PD, TTA, R3.
 
-Written from `../shared/spec/AMBSN.md` so that `load_state_dict(strict=True)` takes an
-official state dict and the numbers are the release's. It is the yardstick of the JAX port
-(tests, `torch2flax.py` verification, `bench/`), not part of the JAX package; it needs torch.
-The release's bugs are kept here on purpose (R3 with TTA off returns the padded size; TTA
-crashes on odd sizes): the port fixes them and the tests compare on sizes where both agree.
+Written from `../shared/spec/AMBSN.md` and `APBSN_MMBSN.md` so that `load_state_dict(strict=True)`
+takes an official state dict of each and the numbers are the releases'. It is the yardstick of
+the JAX port (tests, `torch2flax.py` verification, `bench/`), not part of the JAX package; it
+needs torch. The releases' bugs are kept here on purpose (R3 with TTA off returns the padded
+size; TTA crashes on odd sizes; MM-BSN's "c" and "r" get centre masks): the port fixes the
+first two and the tests compare on sizes where both agree.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +30,54 @@ X_5 = [
 class MaskedConv2d(nn.Conv2d):
     """The release's masked conv: the mask is a buffer, multiplied into the weight in place."""
 
-    def __init__(self, in_ch: int, out_ch: int, pattern: list[list[int]]):
+    def __init__(self, in_ch: int, out_ch: int, pattern: list[list[int]] | torch.Tensor):
         k = len(pattern)
         super().__init__(in_ch, out_ch, k, padding=k // 2)
-        mask = torch.tensor(pattern, dtype=torch.float32)
+        mask = torch.as_tensor(pattern, dtype=torch.float32)
         self.register_buffer("mask", mask.expand(out_ch, in_ch, k, k).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.weight.data *= self.mask
         return super().forward(x)
+
+
+def release_mask(name: str, k: int) -> torch.Tensor:
+    """The (k, k) mask that MM-BSN's branch builds for the mask `name` it is given.
+
+    A name the branch does not recognise gets the centre mask (AP-BSN's only one): so do the
+    "col" and "row" that MM-BSN passes for its kinds "c" and "r".
+    """
+    m = torch.ones(k, k)
+    mid = k // 2
+    if name == "sz":
+        m.zero_()
+        m[:, mid] = 1
+        m[mid, :] = 1
+        m[mid, mid] = 0
+    elif name == "fsz":
+        m[:, mid] = 0
+        m[mid, :] = 0
+    elif name == "a45":
+        for i in range(k):
+            m[k - 1 - i, i] = 0
+    elif name == "a135":
+        for i in range(k):
+            m[i, i] = 0
+    elif name == "cha":
+        m.zero_()
+        for i in range(k):
+            m[i, i] = 1
+            m[k - 1 - i, i] = 1
+        m[mid, :] = 0
+    elif name == "fcha":
+        for i in range(k):
+            m[i, i] = 0
+            m[k - 1 - i, i] = 0
+    elif name == "hui":
+        m[1:-1, 1:-1] = 0
+    else:
+        m[mid, mid] = 0
+    return m
 
 
 class DCl(nn.Module):
@@ -51,7 +94,7 @@ class DCl(nn.Module):
 
 
 class DCB1(nn.Module):
-    def __init__(self, stride: int, ch: int, pattern: list[list[int]], num_dcl: int = 2):
+    def __init__(self, stride: int, ch: int, pattern: list[list[int]] | torch.Tensor, num_dcl: int = 2):
         super().__init__()
         self.head = nn.Sequential(
             MaskedConv2d(ch, ch, pattern), nn.ReLU(inplace=True),
@@ -82,6 +125,16 @@ class DCB2(nn.Module):
         return self.body(x)
 
 
+def tail(cin: int, c: int, out_ch: int) -> nn.Sequential:
+    """The releases' `tail`: 1x1 convs cin -> C -> C/2 -> C/2 -> out_ch, ReLU between them."""
+    return nn.Sequential(
+        nn.Conv2d(cin, c, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c // 2, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(c // 2, c // 2, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(c // 2, out_ch, 1),
+    )  # fmt: skip
+
+
 class AMBSN(nn.Module):
     """The release's `bsn`: the names here are the keys of an official state dict."""
 
@@ -95,12 +148,7 @@ class AMBSN(nn.Module):
         self.conv2_2 = self.conv2_1
         self.dc_branchl2_local = DCB2(2, c)
         self.dc_branchl2_global = DCB2(3, c)
-        self.tail = nn.Sequential(
-            nn.Conv2d(4 * c, c, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c, c // 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c // 2, c // 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(c // 2, out_ch, 1),
-        )  # fmt: skip
+        self.tail = tail(4 * c, c, out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(x)
@@ -109,6 +157,89 @@ class AMBSN(nn.Module):
         g_local = self.dc_branchl2_local(self.conv2_1(local_cat))
         g_global = self.dc_branchl2_global(self.conv2_2(global_cat))
         return self.tail(torch.cat([local_fm, global_fm, g_global, g_local], dim=1))
+
+
+class DBSNBranch(nn.Module):
+    """AP-BSN's branch (`DC_branchl`): everything in one Sequential `body`."""
+
+    def __init__(self, stride: int, ch: int, num_module: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            MaskedConv2d(ch, ch, release_mask("central", 2 * stride - 1)), nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True),
+            *[DCl(stride, ch) for _ in range(num_module)],
+            nn.Conv2d(ch, ch, 1), nn.ReLU(inplace=True),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class DBSNl(nn.Module):
+    """AP-BSN's `bsn`."""
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, base_ch: int = 128, num_module: int = 9):
+        super().__init__()
+        c = base_ch
+        self.head = nn.Sequential(nn.Conv2d(in_ch, c, 1), nn.ReLU(inplace=True))
+        self.branch1 = DBSNBranch(2, c, num_module)
+        self.branch2 = DBSNBranch(3, c, num_module)
+        self.tail = tail(2 * c, c, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        return self.tail(torch.cat([self.branch1(x), self.branch2(x)], dim=1))
+
+
+# MM-BSN's kinds in the order its forward visits them: (kind, N of `branchN_1` / `branchN_2`,
+# the mask name its constructor passes to the branch).
+MM_BRANCHES = [
+    ("o", 1, "central"), ("c", 2, "col"), ("r", 3, "row"), ("sz", 4, "sz"), ("fsz", 5, "fsz"),
+    ("a45", 6, "a45"), ("a135", 7, "a135"), ("cha", 9, "cha"), ("fcha", 10, "fcha"), ("hui", 8, "hui"),
+]  # fmt: skip
+
+
+class MMBSN(nn.Module):
+    """MM-BSN's `bsn`; the argument names are the Flax config's."""
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, base_ch: int = 128, dcl1_num: int = 2,
+                 dcl2_num: int = 7, mask_type: str = "o_a45"):  # fmt: skip
+        super().__init__()
+        c = base_ch
+        kinds = mask_type.split("_")
+        self.head = nn.Sequential(nn.Conv2d(in_ch, c, 1), nn.ReLU(inplace=True))
+        self.visit = [n for kind, n, _ in MM_BRANCHES if kind in kinds]
+        for kind, n, mask_name in MM_BRANCHES:
+            if kind in kinds:
+                setattr(self, f"branch{n}_1", DCB1(2, c, release_mask(mask_name, 3), dcl1_num))
+                setattr(self, f"branch{n}_2", DCB1(3, c, release_mask(mask_name, 5), dcl1_num))
+        self.conv2_1 = nn.Sequential(nn.Conv2d(len(kinds) * c, c, 1), nn.ReLU(inplace=True))
+        self.conv2_2 = self.conv2_1
+        self.dc_branchl2_mask3 = DCB2(2, c, dcl2_num)
+        self.dc_branchl2_mask5 = DCB2(3, c, dcl2_num)
+        self.tail = tail((2 + 2 * len(kinds)) * c, c, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        e, y1, y2 = [], [], []
+        for n in self.visit:
+            e1, b1 = getattr(self, f"branch{n}_1")(x)
+            e2, b2 = getattr(self, f"branch{n}_2")(x)
+            e += [e1, e2]
+            y1.append(b1)
+            y2.append(b2)
+        m3 = self.dc_branchl2_mask3(self.conv2_1(torch.cat(y1, dim=1)))
+        m5 = self.dc_branchl2_mask5(self.conv2_2(torch.cat(y2, dim=1)))
+        return self.tail(torch.cat([*e, m3, m5], dim=1))
+
+
+def release_bsn(arch: str, config: Mapping[str, Any]) -> nn.Module:
+    """The release network of `arch` ("ambsn", "apbsn", "mmbsn") for a Flax config's `to_dict()`."""
+    if arch == "ambsn":
+        # The AM-BSN release hard-codes its blocks and masks: only the widths are arguments.
+        return AMBSN(config["in_ch"], config["out_ch"], config["base_ch"])
+    return {"apbsn": DBSNl, "mmbsn": MMBSN}[arch](**config)
 
 
 def pixel_shuffle_down_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Tensor:
@@ -134,14 +265,19 @@ def pixel_shuffle_up_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Te
 
 
 class Denoiser(nn.Module):
-    """The release's wrapper (`model_weight['denoiser']`): PD forward and `denoise`."""
+    """The release's wrapper (`model_weight['denoiser']`): PD forward and `denoise`.
+
+    It holds AM-BSN of width `base_ch`, or the network `bsn`. With `tta=False` it is AP-BSN's
+    and MM-BSN's wrapper, which have no PD-5 fusion.
+    """
 
     def __init__(self, base_ch: int = 128, pd_a: int = 5, pd_b: int = 2, pd_pad: int = 2,
-                 R3: bool = True, R3_T: int = 8, R3_p: float = 0.16, tta: bool = True):  # fmt: skip
+                 R3: bool = True, R3_T: int = 8, R3_p: float = 0.16, tta: bool = True,
+                 bsn: nn.Module | None = None):  # fmt: skip
         super().__init__()
         self.pd_a, self.pd_b, self.pd_pad = pd_a, pd_b, pd_pad
         self.R3, self.R3_T, self.R3_p, self.tta = R3, R3_T, R3_p, tta
-        self.bsn = AMBSN(base_ch=base_ch)
+        self.bsn = AMBSN(base_ch=base_ch) if bsn is None else bsn
 
     def forward(self, img: torch.Tensor, pd: int | None = None) -> torch.Tensor:
         pd = self.pd_a if pd is None else pd

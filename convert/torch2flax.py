@@ -1,11 +1,13 @@
-"""Convert an official AM-BSN `.pth` to an Orbax checkpoint, then verify it against PyTorch.
+"""Convert an official AM-BSN, AP-BSN or MM-BSN `.pth` to Orbax, then verify it against PyTorch.
 
-    python convert/torch2flax.py AMBSN.pth [--out AMBSN_orbax] [--tolerance 5e-3] [--force]
+    python convert/torch2flax.py AMBSN.pth [--out AMBSN_orbax] [--arch ambsn|apbsn|mmbsn]
+                                           [--tolerance 5e-3] [--force]
 
-The file is read as untrusted input (`weights_only`), checked key by key, written beside
-`--out` under a temporary name, loaded back and compared with the PyTorch reference of the
-release on a random input (bsn, PD-2 and PD-5 forward). Only a checkpoint that passes is
-renamed to `--out`: a refusal or a failed check leaves nothing there.
+The file is read as untrusted input (`weights_only`), its architecture told by its keys
+(or `--arch`), checked key by key, written beside `--out` under a temporary name, loaded back
+and compared with the PyTorch reference of that release on a random input (bsn, PD-2 and
+PD-5 forward). Only a checkpoint that passes is renamed to `--out`: a refusal or a failed
+check leaves nothing there.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ambsn_jax import checkpoint, torch_port  # noqa: E402
+from ambsn_jax import checkpoint, family, torch_port  # noqa: E402
 from ambsn_jax.cli import run_cli  # noqa: E402
 from ambsn_jax.errors import UserError  # noqa: E402
+from ambsn_jax.family import Model  # noqa: E402
 from ambsn_jax.inference import pd_forward  # noqa: E402
-from ambsn_jax.model import AMBSN, AMBSNConfig  # noqa: E402
+from ambsn_jax.model import AMBSNConfig  # noqa: E402
 
 # The issue's bound on raw outputs (0..255 scale); float32 vs float64 noise is about 2e-4.
 DEFAULT_TOLERANCE = 5e-3
@@ -42,7 +45,7 @@ def default_out(src: Path) -> Path:
     return src.with_name(f"{src.stem}_orbax")
 
 
-def max_abs_diffs(model: AMBSN, state_dict: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
+def max_abs_diffs(model: Model, state_dict: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
     """Max abs differences between `model` and the PyTorch reference loaded with `state_dict`.
 
     Both run the bsn alone, and the PD-2 and PD-5 forward, on one random 0..255 input.
@@ -50,9 +53,9 @@ def max_abs_diffs(model: AMBSN, state_dict: dict[str, np.ndarray], seed: int = 0
     # Imported here, after read_pth has told a user without torch how to install it.
     import torch
 
-    from convert.reference import Denoiser
+    from convert.reference import Denoiser, release_bsn
 
-    ref = Denoiser(base_ch=model.config.base_ch)
+    ref = Denoiser(bsn=release_bsn(family.arch_of(model.config), model.config.to_dict()))
     stripped = torch_port.strip_prefixes(state_dict)
     ref.bsn.load_state_dict({k: torch.from_numpy(v) for k, v in stripped.items()}, strict=True)
     x = np.random.default_rng(seed).uniform(0, 255, VERIFY_SHAPE).astype(np.float32)
@@ -73,6 +76,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="official .pth (release container or bare state dict)")
     parser.add_argument("--out", type=Path, help="Orbax directory to write (default: NAME_orbax beside the input)")
     parser.add_argument(
+        "--arch", choices=list(family.ARCHITECTURES),
+        help="the checkpoint's network (default: told by its keys)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs diff allowed (0..255 scale)"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -90,12 +97,13 @@ def _convert(argv: Sequence[str] | None) -> int:
 
     state_dict = torch_port.read_pth(src)
     try:
-        model = torch_port.model_from_state_dict(state_dict)
+        model = torch_port.model_from_state_dict(state_dict, args.arch)
     except UserError as e:
         raise UserError(f"{src}: {e}") from e
-    release = AMBSNConfig(base_ch=model.config.base_ch)
-    if model.config != release:
-        # The reference implements the release only, so nothing else could be verified.
+    arch = family.arch_of(model.config)
+    if arch == "ambsn" and model.config != (release := AMBSNConfig(base_ch=model.config.base_ch)):
+        # The AM-BSN release hard-codes its blocks and masks (AP-BSN's and MM-BSN's take them
+        # from their configs), so its reference could verify nothing else.
         raise UserError(f"{src}: architecture {model.config} is not the release's ({release})")
     meta = checkpoint.model_meta(
         model,
@@ -128,7 +136,7 @@ def _convert(argv: Sequence[str] | None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     n_params = sum(v.size for v in jax.tree.leaves(checkpoint.params_dict(written)))
-    print(f"converted {src} (C={model.config.base_ch}, {n_params:,} parameters) -> {out}")
+    print(f"converted {src} ({arch}, C={model.config.base_ch}, {n_params:,} parameters) -> {out}")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: random-init networks of the PyTorch reference, and their Flax twins."""
+"""Shared fixtures: random-init networks of the PyTorch reference, and their Flax twins.
+
+The factories take a network: a width C for AM-BSN, or a config of `ambsn_jax.family`
+(e.g. `MMBSNConfig(base_ch=8)`), which names the architecture too.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import pytest
 import torch
 
 from ambsn_jax import torch_port
-from ambsn_jax.model import AMBSN
-from convert.reference import Denoiser
+from ambsn_jax.family import Model, ModelConfig, arch_of
+from ambsn_jax.model import AMBSNConfig
+from convert.reference import Denoiser, release_bsn
 
 # Parity is defined against float32 convolutions; TF32 (the GPU default) alone moves outputs
 # by ~0.3, so the tests pin full precision wherever they run.
@@ -24,11 +29,17 @@ jax.config.update("jax_default_matmul_precision", "highest")
 PARITY_TOL = 1e-4
 
 StateDict = dict[str, torch.Tensor]
+NetSpec = int | ModelConfig  # a width C for AM-BSN, or any network's config
+
+
+def _release_bsn(net: NetSpec) -> torch.nn.Module:
+    cfg = AMBSNConfig(base_ch=net) if isinstance(net, int) else net
+    return release_bsn(arch_of(cfg), cfg.to_dict())
 
 
 @pytest.fixture(scope="session")
-def official_state_dict() -> Callable[[int], StateDict]:
-    """Factory: width C -> the state dict (keys `bsn.*`) of a random-init reference Denoiser.
+def official_state_dict() -> Callable[[NetSpec], StateDict]:
+    """Factory: network -> the state dict (keys `bsn.*`) of a random-init reference Denoiser.
 
     Taken before any forward, so its masked taps are still non-zero (the reference zeroes
     them in place when it runs), and its biases are non-zero (PyTorch's default init): a
@@ -36,32 +47,32 @@ def official_state_dict() -> Callable[[int], StateDict]:
     """
 
     @functools.cache
-    def make(base_ch: int) -> StateDict:
-        torch.manual_seed(base_ch)
-        return {k: v.clone() for k, v in Denoiser(base_ch=base_ch).state_dict().items()}
+    def make(net: NetSpec) -> StateDict:
+        torch.manual_seed(net if isinstance(net, int) else net.base_ch)
+        return {k: v.clone() for k, v in Denoiser(bsn=_release_bsn(net)).state_dict().items()}
 
     return make
 
 
 @pytest.fixture(scope="session")
 def reference(official_state_dict) -> Callable[..., Denoiser]:
-    """Factory: (C, **switches of the release's Denoiser) -> a fresh reference with those weights."""
+    """Factory: (network, **switches of the release's Denoiser) -> a fresh reference with those weights."""
 
-    def make(base_ch: int, **switches) -> Denoiser:
-        ref = Denoiser(base_ch=base_ch, **switches)
-        ref.load_state_dict(official_state_dict(base_ch), strict=True)
+    def make(net: NetSpec, **switches) -> Denoiser:
+        ref = Denoiser(bsn=_release_bsn(net), **switches)
+        ref.load_state_dict(official_state_dict(net), strict=True)
         return ref.eval()
 
     return make
 
 
 @pytest.fixture(scope="session")
-def flax_model(official_state_dict) -> Callable[[int], AMBSN]:
-    """Factory: width C -> the Flax AM-BSN converted from `official_state_dict(C)` (shared: no training)."""
+def flax_model(official_state_dict) -> Callable[[NetSpec], Model]:
+    """Factory: network -> the Flax network converted from `official_state_dict` (shared: no training)."""
 
     @functools.cache
-    def make(base_ch: int) -> AMBSN:
-        sd = official_state_dict(base_ch)
+    def make(net: NetSpec) -> Model:
+        sd = official_state_dict(net)
         return torch_port.model_from_state_dict({k: v.numpy() for k, v in sd.items()})
 
     return make

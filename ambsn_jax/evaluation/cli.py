@@ -7,6 +7,7 @@ Exit status: 0 done, 1 some images of a folder failed (the others are written), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from ambsn_jax.data.images import list_images
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation import dnd, folder, sidd, submission
 from ambsn_jax.evaluation.common import atomic_path, checkpoint_sha256
-from ambsn_jax.inference import Denoiser, InferenceConfig
+from ambsn_jax.inference import Denoiser, default_inference
 
 # Shipped with the package once trained; used when --ckpt is left out.
 DEFAULT_CKPT = Path(__file__).resolve().parent.parent / "assets" / "demo_ckpt"
@@ -51,7 +52,7 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        description="Evaluate an AM-BSN checkpoint: SIDD validation scores (the default runs on the "
+        description="Evaluate an AM-BSN, AP-BSN or MM-BSN checkpoint: SIDD validation scores (the default runs on the "
         "embedded demo set), SIDD / DND benchmark submissions, or denoised image files."
     )
     data = p.add_argument_group("what to run on (one of; default: the embedded demo validation set)")
@@ -76,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Orbax checkpoint directory or release .pth (default: the shipped demo checkpoint, "
         "ambsn_jax/assets/demo_ckpt)",
     )  # fmt: skip
-    inf.add_argument("--no-tta", action="store_true", help="PD-2 pass only, no PD-5 fusion")
+    inf.add_argument(
+        "--no-tta", action="store_true",
+        help="PD-2 pass only, no PD-5 fusion (AM-BSN; AP-BSN and MM-BSN never fuse, as their releases)",
+    )  # fmt: skip
     inf.add_argument("--no-r3", action="store_true", help="skip random-replacing refinement")
     inf.add_argument("--self-ensemble", action="store_true", help="average over the 8 rotations / flips")
     inf.add_argument(
@@ -129,8 +133,11 @@ def _checkpoint(path: Path | None) -> Path:
 
 def _denoiser(args: argparse.Namespace) -> tuple[Denoiser, Path]:
     ckpt = _checkpoint(args.ckpt)
-    model, _ = load_model(ckpt)
-    cfg = InferenceConfig(tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble)
+    model, meta = load_model(ckpt)
+    release = default_inference(meta)
+    cfg = dataclasses.replace(
+        release, tta=release.tta and not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble
+    )
     return Denoiser(model, cfg), ckpt
 
 
@@ -142,8 +149,8 @@ def _validate(args: argparse.Namespace, root: Path) -> int:
     options: dict[str, Any] = {
         "dataset": str(root),
         **{k: getattr(args, k) for k in ("seed", "batch", "limit", "self_ensemble")},
-        "tta": not args.no_tta,
-        "r3": not args.no_r3,
+        "tta": denoiser.cfg.tta,
+        "r3": denoiser.cfg.r3,
     }
     checkpoint = {"path": str(ckpt), "sha256": checkpoint_sha256(ckpt)}
     report = {**scores, "options": options, "checkpoint": checkpoint}
