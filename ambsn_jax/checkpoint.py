@@ -24,6 +24,12 @@ PARAMS = "params"
 META = "meta"
 # A training workdir keeps its manager here; load_model accepts the workdir itself too.
 WORKDIR_CHECKPOINTS = "checkpoints"
+# Training saves its validation scores with each step; the best step maximises this one.
+BEST_METRIC = "psnr"
+
+
+def best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
 
 
 def build_model(meta: dict[str, Any], seed: int = 0) -> Model:
@@ -95,7 +101,7 @@ def load_model(path: str | Path, step: int | None = None) -> tuple[Model, dict[s
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint (give an Orbax directory or a .pth file)")
     ckpt_dir = _checkpoint_dir(path)
-    with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, best_fn=best_metric, best_mode="max")) as mngr:
         step = _pick_step(mngr, ckpt_dir, step)
         meta = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
         # Shapes only: the restore sets every value, and a random init costs seconds of compiling.

@@ -25,7 +25,7 @@ from ambsn_jax.data.images import write_pixels
 from ambsn_jax.data.sidd import save_blocks_mat
 from ambsn_jax.errors import UserError
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 MANIFEST = "manifest.json"
 
 # Colour photos inside scikit-image's wheel (no download). `cat` is `chelsea` again, so it must

@@ -1,0 +1,118 @@
+"""The training input pipeline in Grain: random crops of noisy images, as the release draws them.
+
+Sample g of the run's global stream is a random `crop` x `crop` window of image
+`shuffle_epoch(g // n)[g % n]`, turned as the release turns it (spec §5). Everything random
+is a function of (seed, g) alone, so the stream is the same for any number of worker
+processes, devices or hosts, and an iterator restored from its state continues it exactly.
+Host p of P takes its rows of every global batch; the global batch is the same for any P.
+
+This module imports no JAX: Grain's worker processes are spawned and import it afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import grain
+import numpy as np
+from absl import flags
+
+from ambsn_jax.data.images import read_image
+from ambsn_jax.errors import UserError
+
+
+def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The release's augmentation of an (S, S, C) crop: rotation by k x 90 degrees, a
+    horizontal flip, then one more 90-degree rotation with probability 0.25."""
+    crop = np.rot90(crop, rng.integers(4))
+    if rng.integers(2):
+        crop = crop[:, ::-1]
+    if rng.random() < 0.25:
+        crop = np.rot90(crop)
+    return crop
+
+
+def random_crop(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random augmented `size` x `size` window of the image at `path`: float32 RGB 0..255."""
+    image, _ = read_image(path)
+    height, width = image.shape[:2]
+    if height < size or width < size:
+        raise UserError(
+            f"{path}: {width}x{height} is smaller than the {size}x{size} training crop; "
+            "remove it or lower data.crop"
+        )
+    top = rng.integers(height - size + 1)
+    left = rng.integers(width - size + 1)
+    crop = augment(image[top : top + size, left : left + size], rng)
+    return np.ascontiguousarray(crop)
+
+
+def training_batches(
+    paths: Sequence[str | Path],
+    *,
+    crop: int,
+    global_batch: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """This host's batches, (global_batch / process_count, crop, crop, 3) float32, endless.
+
+    Each epoch visits every image once in a new order; the shuffle and every crop's random
+    numbers are keyed by the sample's position in the global stream (Grain's `seed` and
+    `random_map`), not by the host or worker that reads it.
+    """
+    if not paths:
+        raise UserError("no training images")
+    if global_batch % process_count:
+        raise UserError(f"batch size {global_batch} does not divide by the {process_count} hosts")
+    local_batch = global_batch // process_count
+    samples = (
+        grain.MapDataset.source([str(p) for p in paths])
+        .seed(seed)
+        .shuffle()
+        .repeat()  # each epoch reshuffled: the shuffle sees the index across epochs
+        .random_map(partial(random_crop, size=crop))
+    )
+    # Global batch b is local batches b*P .. b*P + P - 1, one per host.
+    return samples.batch(local_batch, drop_remainder=True)[process_index::process_count]
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker init: end the worker when the training process dies.
+
+    Grain's worker otherwise waits forever to hand over its next batch after the trainer is
+    killed (kill -9, out of memory), holding a core and shared memory.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def batch_iterator(batches: grain.MapDataset, workers: int, prefetch: int = 2) -> grain.DatasetIterator:
+    """An iterator over `batches` read by `workers` processes (0: in this process).
+
+    Its `get_state()` / `set_state()` (or Grain's Orbax handler) save and restore the position;
+    a restored iterator needs the same number of workers.
+    """
+    # One thread per process: each element is a whole batch, and the processes give the
+    # parallelism. Grain's default read buffer (500 batches) would hold gigabytes.
+    it = batches.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+    if workers:
+        # Grain 0.2.18 reads an absl flag when it starts workers and fails unless some
+        # absl.app parsed the flags (google/grain#1355): their defaults are what we want.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+        it = it.mp_prefetch(options, worker_init_fn=_exit_with_parent)
+    return iter(it)

@@ -1,0 +1,273 @@
+"""Training configs: YAML data in `configs/`, checked against the typed schema below.
+
+A config file may name a `base` config and give only what differs from it. Every value can
+be overridden from the command line as `--set section.key=value` (the value is parsed as
+YAML: `--set optim.lr=1e-4`, `--set val.dir=null`). Unknown or mistyped keys are a
+UserError naming the valid ones. The resolved config is written into the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ambsn_jax import family
+from ambsn_jax.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+RESOLVED_NAME = "config.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write it: `1e-4` is a float (PyYAML's YAML 1.1 makes it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.[\d_]*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    arch: str  # "ambsn", or a predecessor of `ambsn_jax.family` ("apbsn", "mmbsn")
+    base_ch: int  # network width C; the releases' is 128
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    dir: str | None  # SIDD_Medium_Srgb (its noisy files), any folder of images, or "demo"
+    patches: bool  # cut the images into patches first, as the release does
+    patch_size: int
+    patch_stride: int
+    patch_dir: str | None  # where patches go; null: <workdir>/patches
+    crop: int  # training crop side; a multiple of train.pd
+    workers: int  # Grain worker processes (0: read in the training process)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    batch_size: int  # global: split over all devices of all hosts
+    pd: int  # pixel-shuffle factor of the training forward
+    pd_pad: int
+    pd_shuffle: bool  # the release's random sub-image order (off in its recipe)
+    epochs: int
+    steps_per_epoch: int | None  # null: training images // batch_size
+    max_steps: int | None  # stop early (total steps still set the schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    lr: float
+    b1: float
+    b2: float
+    decay_every_epochs: int  # lr x decay_rate every this many epochs
+    decay_rate: float
+    warmup_steps: int  # linear warmup from 0; 0: none
+    grad_clip: float | None  # global-norm clipping; null: none
+
+
+@dataclasses.dataclass(frozen=True)
+class ValSection:
+    dir: str | None  # folder of SIDD validation .mat files, or "demo"; null: no validation
+    blocks_per_image: int | None  # validate on the first blocks of every image; null: all
+    batch_size: int  # blocks per inference call
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    every: int | None  # steps between checkpoints, each validated; null: once per epoch
+    keep: int  # latest checkpoints kept, besides the best by validation PSNR
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSection:
+    every: int  # steps between metrics.jsonl / TensorBoard lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    seed: int
+    model: ModelSection
+    data: DataSection
+    train: TrainSection
+    optim: OptimSection
+    val: ValSection
+    checkpoint: CheckpointSection
+    log: LogSection
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_POSITIVE = (
+    "model.base_ch", "data.patch_size", "data.patch_stride", "data.crop", "train.batch_size", "train.pd",
+    "train.epochs", "train.steps_per_epoch", "train.max_steps", "optim.lr", "optim.decay_every_epochs",
+    "val.blocks_per_image", "val.batch_size", "checkpoint.every", "checkpoint.keep", "log.every",
+)  # fmt: skip
+_NON_NEGATIVE = ("data.workers", "train.pd_pad", "optim.warmup_steps")
+
+# Keys a rerun in the same workdir may change: they do not alter the trained numbers.
+RESUMABLE_CHANGES = ("train.max_steps", "checkpoint.", "log.", "val.")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must hold a mapping of config sections")
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_yaml_tree(name_or_path: str) -> dict[str, Any]:
+    """The raw config tree of `configs/<name>.yaml` (or a .yaml path), its bases merged under it."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+            raise UserError(f"no config named {name_or_path!r}; known configs: {known}")
+    tree = _read_yaml(path)
+    tree.setdefault("name", path.stem)
+    base = tree.pop("base", None)
+    return _merge(load_yaml_tree(base), tree) if base else tree
+
+
+def _keys(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    for f, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out += _keys(hint, f"{prefix}{f}.")
+        else:
+            out.append(prefix + f)
+    return out
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        # bool is an int to Python, never to a config; an int is a fine float.
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise UserError(f"config key {key}: {value!r} is not {names}")
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '(top)'} must be a mapping, not {tree!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(tree) - set(hints))
+    if unknown:
+        raise UserError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys: {', '.join(_keys(Config))}"
+        )
+    missing = sorted(set(hints) - set(tree))
+    if missing:
+        raise UserError(f"config lacks {', '.join(prefix + m for m in missing)}")
+    values = {}
+    for key, hint in hints.items():
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, tree[key], f"{prefix}{key}.")
+        else:
+            values[key] = _typed(tree[key], hint, prefix + key)
+    return cls(**values)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], YAML-parsed value)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=1e-4")
+    try:
+        value = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[tuple[list[str], Any]]) -> dict[str, Any]:
+    valid = _keys(Config)
+    for path, value in overrides:
+        dotted = ".".join(path)
+        if dotted not in valid:
+            raise UserError(f"unknown config key {dotted}; valid keys: {', '.join(valid)}")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def validate(cfg: Config) -> Config:
+    """Checks between values that the types alone do not catch."""
+    if cfg.model.arch not in family.ARCHITECTURES:
+        raise UserError(f"model.arch {cfg.model.arch!r}: must be one of {', '.join(family.ARCHITECTURES)}")
+    if cfg.data.crop % cfg.train.pd:
+        raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
+    if cfg.data.dir is None:
+        raise UserError("no training data: pass --data-dir (SIDD_Medium_Srgb or a folder of noisy images)")
+    flat = _flatten(cfg.to_dict())
+    for key in _POSITIVE:
+        if flat[key] is not None and flat[key] <= 0:
+            raise UserError(f"config key {key}: {flat[key]} must be positive")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise UserError(f"config key {key}: {flat[key]} must not be negative")
+    return cfg
+
+
+def resolve(name: str, overrides: Iterable[tuple[list[str], Any]] = ()) -> Config:
+    """The config `name` (see `load_yaml_tree`) with `overrides` applied, typed and checked."""
+    tree = apply_overrides(load_yaml_tree(name), overrides)
+    return validate(_build(Config, tree, ""))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        out |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+    return out
+
+
+def save_resolved(cfg: Config, workdir: Path, write: bool = True) -> None:
+    """Writes `cfg` to the workdir (if `write`: one host writes, all check); refuses a
+    workdir whose earlier run trained differently."""
+    path = workdir / RESOLVED_NAME
+    if path.is_file():
+        old, new = _flatten(_read_yaml(path)), _flatten(cfg.to_dict())
+        changed = [k for k in sorted(old.keys() | new.keys())
+                   if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]  # fmt: skip
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            raise UserError(
+                f"{workdir}: holds a run with another config ({diffs}); resume it with the same "
+                "settings, or pass a new --workdir"
+            )
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
