@@ -18,6 +18,7 @@ from flax import nnx
 
 from ambsn_jax import __version__, family, torch_port
 from ambsn_jax.errors import UserError
+from ambsn_jax.files import sha256_file
 from ambsn_jax.family import Model
 
 PARAMS = "params"
@@ -97,7 +98,7 @@ def load_model(path: str | Path, step: int | None = None) -> tuple[Model, dict[s
     if path.suffix == ".pth" or path.is_file():
         state_dict = torch_port.read_pth(path)
         model = torch_port.model_from_state_dict(state_dict)
-        return model, model_meta(model, source=str(path), source_sha256=torch_port.sha256_file(path))
+        return model, model_meta(model, source=str(path), source_sha256=sha256_file(path))
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint (give an Orbax directory or a .pth file)")
     ckpt_dir = _checkpoint_dir(path)

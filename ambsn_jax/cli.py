@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from ambsn_jax.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad command line as one `error:` line (via UserError), like every other input error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,6 @@ not fit. torch is imported only to read `.pth` files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pickle
 import re
 import warnings
@@ -38,14 +37,6 @@ FlaxPath = tuple[str | int, ...]
 FlatParams = dict[FlaxPath, np.ndarray]
 KeyMap = dict[str, FlaxPath]
 MaskMap = dict[str, tuple[FlaxPath, np.ndarray]]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_error_reason(e: Exception) -> str:

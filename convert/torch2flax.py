@@ -29,8 +29,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ambsn_jax import checkpoint, family, torch_port  # noqa: E402
-from ambsn_jax.cli import run_cli  # noqa: E402
+from ambsn_jax.cli import ArgumentParser, run_cli  # noqa: E402
 from ambsn_jax.errors import UserError  # noqa: E402
+from ambsn_jax.files import sha256_file  # noqa: E402
 from ambsn_jax.family import Model  # noqa: E402
 from ambsn_jax.inference import pd_forward  # noqa: E402
 from ambsn_jax.model import AMBSNConfig  # noqa: E402
@@ -72,7 +73,7 @@ def max_abs_diffs(model: Model, state_dict: dict[str, np.ndarray], seed: int = 0
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="torch2flax", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="torch2flax", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="official .pth (release container or bare state dict)")
     parser.add_argument("--out", type=Path, help="Orbax directory to write (default: NAME_orbax beside the input)")
     parser.add_argument(
@@ -108,7 +109,7 @@ def _convert(argv: Sequence[str] | None) -> int:
     meta = checkpoint.model_meta(
         model,
         source=src.name,
-        source_sha256=torch_port.sha256_file(src),
+        source_sha256=sha256_file(src),
         converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
 

@@ -30,7 +30,8 @@ from ambsn_jax.data.images import read_image
 from ambsn_jax.data.sidd import load_blocks, save_blocks_mat, save_blocks_mat73
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation import cli
-from ambsn_jax.evaluation.common import atomic_path, checkpoint_sha256
+from ambsn_jax.evaluation.common import checkpoint_sha256
+from ambsn_jax.files import atomic_path
 from ambsn_jax.evaluation.sidd import BENCHMARK_NOISY, VALIDATION_CLEAN, VALIDATION_NOISY
 from ambsn_jax.evaluation.submission import MAT_VARIABLE, write_submission
 from ambsn_jax.inference import Denoiser, InferenceConfig, denoise_image, postprocess

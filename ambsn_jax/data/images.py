@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,6 +10,7 @@ import cv2
 import numpy as np
 
 from ambsn_jax.errors import UserError
+from ambsn_jax.files import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -88,18 +87,8 @@ def write_pixels(path: str | Path, pixels: np.ndarray) -> None:
             f"{path}: cannot write a {pixels.dtype} image with {channels} channel(s) "
             f"as '{path.suffix}'; use .png or .tif"
         )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:
-            f.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write it ({e.strerror}); pick a writable folder") from e
-    finally:
-        # exists() rather than unlink(missing_ok=True): the latter raises when the parent is a file.
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        f.write(encoded.tobytes())
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ambsn_jax.checkpoint import load_model
-from ambsn_jax.cli import run_cli
+from ambsn_jax.cli import ArgumentParser, run_cli
 from ambsn_jax.data.demo import demo_root
 from ambsn_jax.data.images import list_images
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation import dnd, folder, sidd, submission
-from ambsn_jax.evaluation.common import atomic_path, checkpoint_sha256
+from ambsn_jax.evaluation.common import checkpoint_sha256
+from ambsn_jax.files import atomic_path
 from ambsn_jax.inference import Denoiser, default_inference
 
 # Shipped with the package once trained; used when --ckpt is left out.
@@ -28,13 +29,6 @@ DEFAULT_CKPT = Path(__file__).resolve().parent.parent / "assets" / "demo_ckpt"
 
 # Dataset option -> the output option it needs.
 _OUTPUT_OF = {"sidd_bench": "submission", "input": "output", "dnd": "submission_dir"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad command line as one `error:` line (via UserError), like every other input error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -51,7 +45,7 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         description="Evaluate an AM-BSN, AP-BSN or MM-BSN checkpoint: SIDD validation scores (the default runs on the "
         "embedded demo set), SIDD / DND benchmark submissions, or denoised image files."
     )

@@ -26,7 +26,8 @@ import scipy.io
 from tqdm import tqdm
 
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import atomic_path, item_keys
+from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.files import atomic_path
 from ambsn_jax.inference import Denoiser, denoise_image, postprocess
 
 _H5_ERRORS = (OSError, KeyError, ValueError, TypeError)

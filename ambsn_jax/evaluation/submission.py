@@ -16,7 +16,7 @@ import numpy as np
 
 from ambsn_jax.data.sidd import load_blocks, save_blocks_mat
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import atomic_path
+from ambsn_jax.files import atomic_path
 
 MAT_VARIABLE = "DenoisedBlocksSrgb"
 SUFFIXES = (".csv", ".mat")

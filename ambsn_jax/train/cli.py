@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ambsn_jax.cli import run_cli
+from ambsn_jax.cli import ArgumentParser, run_cli
 from ambsn_jax.train import config as configlib
 from ambsn_jax.train.loop import train
 from ambsn_jax.train.mesh import maybe_initialize_distributed
@@ -19,7 +19,7 @@ _FLAG_KEYS = {"data_dir": "data.dir", "seed": "seed", "max_steps": "train.max_st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Train AM-BSN on noisy images alone. Rerunning the same command resumes the run in its workdir."
     )
     p.add_argument("--config", default="sidd", help="configs/NAME.yaml or a .yaml path (default: sidd)")
