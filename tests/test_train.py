@@ -448,3 +448,18 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
         assert mngr.all_steps() == [2, 4, 5] and mngr.best_step() == 2
     _, loaded = load_model(tmp_path)
     assert loaded["step"] == 2 and loaded["tag"] == 2
+
+
+def test_init_fine_tunes_a_converted_checkpoint(images, official_state_dict, tmp_path, capsys):
+    pth = tmp_path / "init.pth"
+    torch.save({"epoch": 1, "model_weight": {"denoiser": official_state_dict(8)}}, pth)
+    # A vanishing learning rate: Adam leaves the parameters where --init put them.
+    assert main(tiny_argv(images, tmp_path / "run", "optim.lr=1e-30", "--max-steps", "2", "--init", str(pth))) == 0
+    tuned, _ = load_model(tmp_path / "run")
+    start = torch_port.model_from_state_dict({k: v.numpy() for k, v in official_state_dict(8).items()})
+    jax.tree.map(partial(np.testing.assert_allclose, rtol=1e-6), params_dict(tuned), params_dict(start))
+    capsys.readouterr()  # the first run's progress bar
+
+    assert main(tiny_argv(images, tmp_path / "wide", "model.base_ch=16", "--init", str(pth))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {pth}: holds ambsn") and "base_ch" in err[0]

@@ -15,7 +15,7 @@ from ambsn_jax.train.loop import train
 from ambsn_jax.train.mesh import maybe_initialize_distributed
 
 # Command-line flag -> the config key it sets.
-_FLAG_KEYS = {"data_dir": "data.dir", "seed": "seed", "max_steps": "train.max_steps", "save_every": "checkpoint.every"}
+_FLAG_KEYS = {"data_dir": "data.dir", "init": "model.init", "seed": "seed", "max_steps": "train.max_steps", "save_every": "checkpoint.every"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help='SIDD_Medium_Srgb, any folder of noisy images, or "demo"')
     p.add_argument("--workdir", type=Path, help="checkpoints, logs and eval.json (default: runs/CONFIG)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--init", metavar="CKPT", help="fine-tune this checkpoint (Orbax dir, workdir or .pth) instead of a random init")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps (the schedule keeps its length)")
     p.add_argument("--save-every", type=int, metavar="N", help="checkpoint (and validate) every N steps")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

@@ -40,6 +40,7 @@ _Loader.add_implicit_resolver(
 class ModelSection:
     arch: str  # "ambsn", or a predecessor of `ambsn_jax.family` ("apbsn", "mmbsn")
     base_ch: int  # network width C; the releases' is 128
+    init: str | None  # fine-tune: start from this checkpoint (Orbax dir, workdir or .pth) of the same network
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,11 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from ambsn_jax import family
-from ambsn_jax.checkpoint import META, PARAMS, WORKDIR_CHECKPOINTS, best_metric, model_meta
+from ambsn_jax.checkpoint import META, PARAMS, WORKDIR_CHECKPOINTS, best_metric, load_model, model_meta, params_dict
 from ambsn_jax.data.demo import demo_root
 from ambsn_jax.data.pipeline import batch_iterator, training_batches
 from ambsn_jax.data.sidd import find_noisy_images, prepare_patches
+from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation import cli as evaluation_cli
 from ambsn_jax.evaluation import sidd as sidd_eval
 from ambsn_jax.inference import Denoiser, default_inference
@@ -59,6 +60,19 @@ def validation_dir(cfg: Config) -> Path | None:
     if cfg.val.dir is None:
         return None
     return demo_root() if cfg.val.dir == "demo" else Path(cfg.val.dir)
+
+
+def initial_params(path: str, abstract_model: nnx.Module) -> dict:
+    """The parameters of checkpoint `path`, which must hold the network the config describes."""
+    model, meta = load_model(path)
+    want = {"arch": model_meta(abstract_model)["arch"], "config": abstract_model.config.to_dict()}
+    got = {"arch": meta["arch"], "config": meta["config"]}
+    if got != want:
+        raise UserError(
+            f"{path}: holds {got['arch']} {got['config']}, the config trains {want['arch']} {want['config']}; "
+            "set model.arch / model.base_ch to match (--set)"
+        )
+    return params_dict(model)
 
 
 def checkpoint_manager(workdir: Path, keep: int, track_best: bool) -> ocp.CheckpointManager:
@@ -206,10 +220,15 @@ def train(cfg: Config, workdir: Path) -> int:
 
     abstract_model = nnx.eval_shape(new_model)
     graphdef = nnx.graphdef(abstract_model)
+    init_params = initial_params(cfg.model.init, abstract_model) if cfg.model.init else None
     meta = model_meta(abstract_model, trained_with=cfg.name)
     schedule = lr_schedule(cfg.optim, steps_per_epoch)
     tx = optimizer(cfg.optim, schedule)
     state = jax.jit(partial(init_state, new_model, tx, cfg.seed), out_shardings=meshlib.replicated(mesh))()
+    if init_params is not None:
+        # Adam's initial state holds zeros and a count, not the parameters' values, so only
+        # the parameters change; a resumed run restores its own below.
+        state = state._replace(params=jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params))
     # One denoiser for the run, so that its compiled inference is reused: it holds shapes only
     # until `validate` swaps in the current parameters.
     denoiser = Denoiser(abstract_model, default_inference(meta))
