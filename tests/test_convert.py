@@ -104,6 +104,7 @@ def test_prefixes_and_containers(
     assert_parity(model, reference(16).bsn, x)
 
 
+@pytest.mark.slow
 def test_full_width(official_state_dict, tmp_path, capsys):
     src = write_pth(tmp_path / "AMBSN.pth", official_state_dict(128))
     assert torch2flax.main([str(src)]) == 0

@@ -110,6 +110,7 @@ def test_parity_networks_are_alive(reference, rng, name):
     assert float(y.std(dim=(2, 3)).min()) > 5e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_full_width_parity(flax_model, reference, assert_parity, rng, arch):
     assert_parity(flax_model(FULL[arch]), reference(FULL[arch]).bsn, image(rng, 1, 20, 20))

@@ -70,6 +70,7 @@ def test_parameter_count_is_the_release():
     assert sum(p.numel() for p in reference.AMBSN(base_ch=128).parameters()) == RELEASE_PARAMS
 
 
+@pytest.mark.slow
 def test_full_width_parity(flax_model, reference, assert_parity, rng):
     # The PD-2 / PD-5 forward at full width is what test_convert.py::test_full_width verifies.
     assert_parity(flax_model(128), reference(128).bsn, image(rng, 1, 24, 24))
