@@ -98,7 +98,7 @@ def _jax_train_step():
     from ambsn_jax.train import config as configlib
     from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step
 
-    cfg = configlib.resolve("sidd")
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "demo")])  # the recipe wants a data folder
     schedule = lr_schedule(cfg.optim, steps_per_epoch=1000)
     tx = optimizer(cfg.optim, schedule)
 
