@@ -91,8 +91,9 @@ def load_model(path: str | Path, step: int | None = None) -> tuple[Model, dict[s
     """A ready model and its metadata from an Orbax checkpoint directory or a `.pth` file.
 
     A `.pth` (the releases' format) is converted in memory, with every check of
-    `convert/torch2flax.py`, its architecture told by its keys. A directory is a manager written by `save_params` or by
-    training (its workdir works too); `step` defaults to the best, else the latest.
+    `convert/torch2flax.py`, its architecture told by its keys. A directory is a manager
+    written by `save_params` or by training (its workdir works too); `step` defaults to the
+    best, else the latest.
     """
     path = Path(path)
     if path.suffix == ".pth" or path.is_file():
@@ -102,7 +103,8 @@ def load_model(path: str | Path, step: int | None = None) -> tuple[Model, dict[s
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint (give an Orbax directory or a .pth file)")
     ckpt_dir = _checkpoint_dir(path)
-    with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, best_fn=best_metric, best_mode="max")) as mngr:
+    options = ocp.CheckpointManagerOptions(read_only=True, best_fn=best_metric, best_mode="max")
+    with ocp.CheckpointManager(ckpt_dir.absolute(), options=options) as mngr:
         step = _pick_step(mngr, ckpt_dir, step)
         meta = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
         # Shapes only: the restore sets every value, and a random init costs seconds of compiling.
