@@ -8,7 +8,7 @@ shape; `denoise_image` tiles an image of any size so that memory stays bounded.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -147,39 +147,37 @@ def _denoise_pure(
     return run(x, key)
 
 
-class Denoiser:
-    """A model and inference switches, compiled: `denoiser(x, key)` -> unrounded output.
+def fold_in_each(key: jax.Array, indices: Sequence[int] | np.ndarray) -> jax.Array:
+    """One key per index i: `fold_in(key, i)`, so an item's draws depend on its index alone."""
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(indices, jnp.uint32))
 
-    The parameters are an argument of the compiled function, not constants baked into it,
-    so compiling stays fast at any width; jit caches one executable per input shape.
+
+class Denoiser:
+    """A model and inference switches, compiled: `denoiser(x, keys)` -> unrounded output.
+
+    Image i draws its randomness (R3's replacement masks) from keys[i] alone, so its result
+    does not depend on which images share its batch, and scores do not change with the batch
+    size. The parameters are an argument of the compiled function, not constants baked into
+    it, so compiling stays fast at any width; jit caches one executable per input shape.
     """
 
     def __init__(self, model: nnx.Module, cfg: InferenceConfig = InferenceConfig()):
         self.cfg = cfg
         graphdef, self.state = nnx.split(model)
         pure = partial(_denoise_pure, graphdef, cfg)
-        self._fn = jax.jit(pure)
-        self._each = jax.jit(jax.vmap(lambda s, x, k: pure(s, x[None], k)[0], in_axes=(None, 0, 0)))
+        self._fn = jax.jit(jax.vmap(lambda s, x, k: pure(s, x[None], k)[0], in_axes=(None, 0, 0)))
 
-    def __call__(self, x: jax.Array | np.ndarray, key: jax.Array) -> jax.Array:
-        """(N, H, W, 3) float in 0..255 -> the same shape; `postprocess` rounds it."""
-        return self._fn(self.state, jnp.asarray(x, jnp.float32), key)
+    def __call__(self, x: jax.Array | np.ndarray, keys: jax.Array) -> jax.Array:
+        """(N, H, W, 3) float in 0..255, keys (N,) -> the same shape; `postprocess` rounds it."""
+        return self._fn(self.state, jnp.asarray(x, jnp.float32), keys)
 
-    def each(self, x: jax.Array | np.ndarray, keys: jax.Array) -> jax.Array:
-        """As calling it, but image i draws its randomness from keys[i] (keys: shape (N,)) alone.
-
-        An image's result then does not depend on which images share its batch, so scores
-        do not change with the batch size.
-        """
-        return self._each(self.state, jnp.asarray(x, jnp.float32), keys)
-
-    def compile_each(self, shape: tuple[int, ...]) -> None:
-        """Compile `each` for (N, H, W, 3) batches now rather than on its first call.
+    def compile(self, shape: tuple[int, ...]) -> None:
+        """Compile for (N, H, W, 3) batches now rather than on the first call.
 
         Lets a caller time compilation apart from running; the jit cache keeps the result.
         """
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), shape[0]))
-        self._each.lower(self.state, jax.ShapeDtypeStruct(shape, jnp.float32), keys).compile()
+        self._fn.lower(self.state, jax.ShapeDtypeStruct(shape, jnp.float32), keys).compile()
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -217,7 +215,7 @@ def denoise_image(
         padded = np.pad(image, ((0, max(0, min_side - h)), (0, max(0, min_side - w)), (0, 0)), "edge")
         return denoise_image(denoiser, padded, key, tile, overlap, batch)[:h, :w]
     if h <= tile and w <= tile:
-        return np.asarray(denoiser(image[None], key)[0])
+        return np.asarray(denoiser(image[None], key[None])[0])
     th, tw = min(tile, h), min(tile, w)
     origins = [(y, x) for y in _tile_starts(h, th, th - overlap) for x in _tile_starts(w, tw, tw - overlap)]
     weight = np.outer(_blend_window(th, overlap), _blend_window(tw, overlap))[..., None]
@@ -228,7 +226,8 @@ def denoise_image(
         tiles = np.stack([image[y : y + th, x : x + tw] for y, x in group])
         # Pad the last group to a full batch so that every call has one compiled shape.
         tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch - len(group), axis=0)])
-        out = np.asarray(denoiser(tiles, jax.random.fold_in(key, i)))
+        # The copies that top up the batch draw with the last tile's key.
+        out = np.asarray(denoiser(tiles, fold_in_each(key, np.minimum(np.arange(i, i + batch), len(origins) - 1))))
         for (y, x), o in zip(group, out):
             acc[y : y + th, x : x + tw] += o * weight
             norm[y : y + th, x : x + tw] += weight

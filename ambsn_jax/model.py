@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ambsn_jax.conv import conv_general_dilated
 from ambsn_jax.masks import blind_spot_mask
 
 
@@ -47,7 +48,7 @@ def _torch_default_init(fan_in: int) -> nnx.Initializer:
 
 
 def _masked_conv_fn(kind: str, k: int):
-    """`lax.conv_general_dilated` with the blind-spot mask multiplied into the kernel.
+    """`conv_general_dilated` with the blind-spot mask multiplied into the kernel.
 
     The mask is a compile-time constant closed over here rather than a state array (as
     `nnx.Conv(mask=...)` would keep it), so it is neither checkpointed nor trained and XLA
@@ -56,7 +57,7 @@ def _masked_conv_fn(kind: str, k: int):
     m = blind_spot_mask(kind, k)[:, :, None, None]
 
     def conv_fn(lhs, rhs, *args, **kwargs):
-        return jax.lax.conv_general_dilated(lhs, rhs * m, *args, **kwargs)
+        return conv_general_dilated(lhs, rhs * m, *args, **kwargs)
 
     return conv_fn
 
@@ -77,7 +78,7 @@ def conv(
     their gradients are zero whatever the stored kernel holds.
     """
     init = _torch_default_init(cin * k * k)
-    conv_fn = jax.lax.conv_general_dilated if mask is None else _masked_conv_fn(mask, k)
+    conv_fn = conv_general_dilated if mask is None else _masked_conv_fn(mask, k)
     return nnx.Conv(
         cin,
         cout,

@@ -1,11 +1,14 @@
-"""JAX vs the PyTorch reference of the release, side by side on this machine.
+"""JAX vs the PyTorch reference of the release, side by side on this machine, for every network
+of the family (AM-BSN, AP-BSN, MM-BSN).
 
-    python bench/bench.py [--json bench/results.json] [--only NAME ...] [--repeats N]
+    python bench/bench.py [--arch ambsn apbsn mmbsn] [--only CASE ...] [--repeats N] [--json PATH]
 
-Each case runs in its own subprocess so that its peak memory (max RSS) is its own. Times are
-medians over `--repeats` runs after a warm-up call; the warm-up of a JAX case is its compile
-time (plus one run). GFLOP/s counts 7.8 MFLOP per input pixel per bsn forward (3x that for a
-training step: forward and backward).
+Each (case, architecture, framework) runs in its own subprocess, so that its peak memory (max
+RSS) is its own and a failure costs only its row. Times are medians over `--repeats` runs after
+a first call; a JAX first call is its compile (plus one run). A case's FLOPs are the release's:
+PyTorch's `FlopCounterMode` counts them in the reference's first call (AM-BSN: 7.76 MFLOP per
+bsn-input pixel; a training step counts forward and backward), and both frameworks' GFLOP/s
+divide that same count by their own time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +30,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing convert/
 
-MFLOP_PER_PIXEL = 7.8
+ARCHS = ["ambsn", "apbsn", "mmbsn"]
 CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step"]
-FRAMEWORKS = ["jax", "torch"]
+TRAIN_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
+MATMUL_N = 4096
+TRAIN_BATCH, TRAIN_CROP = 8, 120  # the release's recipe: batch 8 of 120 x 120 crops, PD 5
 
 
-def _timed(fn, repeats: int) -> dict:
+def _timed(fn: Callable[[], object], repeats: int, first_call=None) -> dict:
+    """`first_call`, if given, runs in place of the first plain call (the torch FLOP count)."""
     t0 = time.perf_counter()
-    fn()
+    (first_call or fn)()
     first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
@@ -43,72 +50,60 @@ def _timed(fn, repeats: int) -> dict:
     return {"first_call_s": first, "median_s": statistics.median(times), "runs_s": times}
 
 
-def _bsn_pixels(case: str) -> tuple[int, float]:
-    """Input side and total bsn-forward pixels of a case (PD pads enlarge the input)."""
-    if case.startswith("forward"):
-        side = int(case[len("forward"):])
-        return side, side * side
-    # Full default inference of a 256 block: PD-2 pass on 264^2, PD-5 pass on 260 -> 280^2
-    # (padded to 260 then +2*5*2), and 8 R3 passes on 260^2.
-    return 256, 264**2 + 280**2 + 8 * 260**2
+def _side(case: str) -> int:
+    return int(case[len("forward") :]) if case.startswith("forward") else 256
 
 
-def run_jax(case: str, repeats: int) -> dict:
+def run_jax(case: str, arch: str, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from ambsn_jax.inference import Denoiser, InferenceConfig
-    from ambsn_jax.model import AMBSN
+    from ambsn_jax import family
+    from ambsn_jax.inference import Denoiser, default_inference
 
     if case == "matmul":
-        a = jnp.asarray(np.random.rand(4096, 4096), jnp.float32)
+        a = jnp.asarray(np.random.rand(MATMUL_N, MATMUL_N), jnp.float32)
         f = jax.jit(lambda a: a @ a)
-        r = _timed(lambda: f(a).block_until_ready(), repeats)
-        r["gflops"] = 2 * 4096**3 / r["median_s"] / 1e9
-        return r
-    model = AMBSN(rngs=nnx.Rngs(0))
+        return _timed(lambda: f(a).block_until_ready(), repeats)
     if case == "train_step":
-        r = _timed(_jax_train_step(), repeats)
-        r["gflops"] = 3 * MFLOP_PER_PIXEL * 8 * 130**2 * 1e6 / r["median_s"] / 1e9
-        return r
-    side, pixels = _bsn_pixels(case)
+        return _timed(_jax_train_step(arch), repeats)
+    model = family.build(arch, {}, nnx.Rngs(0))
+    side = _side(case)
     x = jnp.asarray(np.random.RandomState(0).uniform(0, 255, (1, side, side, 3)), jnp.float32)
     if case.startswith("forward"):
         graphdef, state = nnx.split(model)
         f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-        r = _timed(lambda: f(state, x).block_until_ready(), repeats)
-    else:
-        den = Denoiser(model, InferenceConfig())
-        key = jax.random.key(0)
-        r = _timed(lambda: den(x, key).block_until_ready(), repeats)
-    r["gflops"] = MFLOP_PER_PIXEL * pixels * 1e6 / r["median_s"] / 1e9
-    return r
+        return _timed(lambda: f(state, x).block_until_ready(), repeats)
+    den = Denoiser(model, default_inference({"arch": arch}))
+    keys = jax.random.split(jax.random.key(0), 1)
+    return _timed(lambda: den(x, keys).block_until_ready(), repeats)
 
 
-def _jax_train_step():
-    """One call = one Adam step of the release's recipe (config `sidd`) on a fixed batch."""
+def _jax_train_step(arch: str) -> Callable[[], None]:
+    """One call = one Adam step of the architecture's release recipe on a fixed batch."""
     from functools import partial
 
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from ambsn_jax.model import AMBSN
+    from ambsn_jax import family
     from ambsn_jax.train import config as configlib
     from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step
 
-    cfg = configlib.resolve("sidd", [(["data", "dir"], "demo")])  # the recipe wants a data folder
+    cfg = configlib.resolve(TRAIN_CONFIG[arch], [(["data", "dir"], "demo")])  # a recipe wants a data folder
     schedule = lr_schedule(cfg.optim, steps_per_epoch=1000)
     tx = optimizer(cfg.optim, schedule)
 
     def new_model():
-        return AMBSN(rngs=nnx.Rngs(0))
+        return family.build(arch, {}, nnx.Rngs(0))
 
     graphdef = nnx.graphdef(nnx.eval_shape(new_model))
     state = [jax.jit(partial(init_state, new_model, tx, 0))()]
     step = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train), donate_argnums=0)
-    batch = jnp.asarray(np.random.RandomState(0).uniform(0, 255, (8, 120, 120, 3)), jnp.float32)
+    batch = np.random.RandomState(0).uniform(0, 255, (TRAIN_BATCH, TRAIN_CROP, TRAIN_CROP, 3))
+    batch = jnp.asarray(batch, jnp.float32)
 
     def run():
         state[0], metrics = step(state[0], batch)
@@ -117,88 +112,121 @@ def _jax_train_step():
     return run
 
 
-def run_torch(case: str, repeats: int) -> dict:
+def run_torch(case: str, arch: str, repeats: int) -> dict:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from convert.reference import Denoiser
+    from ambsn_jax import family
+    from convert.reference import Denoiser, release_bsn
 
     torch.set_num_threads(os.cpu_count() or 1)
     if case == "matmul":
-        a = torch.rand(4096, 4096)
-        r = _timed(lambda: a @ a, repeats)
-        r["gflops"] = 2 * 4096**3 / r["median_s"] / 1e9
-        return r
+        a = torch.rand(MATMUL_N, MATMUL_N)
+        return _timed(lambda: a @ a, repeats)
     torch.manual_seed(0)
-    net = Denoiser()
+    config = family.ARCHITECTURES[arch][1]().to_dict()
+    net = Denoiser(bsn=release_bsn(arch, config), tta=arch == "ambsn")
     if case == "train_step":
-        opt = torch.optim.Adam(net.parameters(), lr=2e-4)
-        x = torch.rand(8, 3, 120, 120) * 255
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP) * 255
 
-        def step():
+        def fn():
             opt.zero_grad()
             loss = torch.nn.functional.l1_loss(net(x, 5), x)
             loss.backward()
             opt.step()
 
-        r = _timed(step, repeats)
-        r["gflops"] = 3 * MFLOP_PER_PIXEL * 8 * 130**2 * 1e6 / r["median_s"] / 1e9
-        return r
-    side, pixels = _bsn_pixels(case)
-    x = torch.rand(1, 3, side, side) * 255
-    with torch.no_grad():
-        fn = (lambda: net.bsn(x)) if case.startswith("forward") else (lambda: net.denoise(x))
-        r = _timed(fn, repeats)
-    r["gflops"] = MFLOP_PER_PIXEL * pixels * 1e6 / r["median_s"] / 1e9
+    else:
+        side = _side(case)
+        x = torch.rand(1, 3, side, side) * 255
+        forward = net.bsn if case.startswith("forward") else net.denoise
+
+        @torch.no_grad()
+        def fn():
+            forward(x)
+
+    counter = FlopCounterMode(display=False)
+
+    def counted():
+        with counter:
+            fn()
+
+    r = _timed(fn, repeats, first_call=counted)
+    r["flops"] = counter.get_total_flops()
     return r
 
 
-def _child(case: str, framework: str, repeats: int) -> None:
-    r = (run_jax if framework == "jax" else run_torch)(case, repeats)
+def _child(case: str, arch: str, framework: str, repeats: int) -> None:
+    r = (run_jax if framework == "jax" else run_torch)(case, arch, repeats)
     r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(r))
 
 
+def _run_child(case: str, arch: str, framework: str, repeats: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", case, arch, framework, "--repeats", str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = (out.stderr or out.stdout).strip().splitlines() or [f"exit status {out.returncode}"]
+        return {"error": lines[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(results: dict, archs: list[str], cases: list[str]) -> list[dict]:
+    ceiling = results.get("matmul/jax", {}).get("gflops")
+    rows = []
+    for arch in archs:
+        for case in cases:
+            j, t = results.get(f"{arch}/{case}/jax", {}), results.get(f"{arch}/{case}/torch", {})
+            if case == "matmul" or "median_s" not in j or "median_s" not in t:
+                continue
+            rows.append({
+                "arch": arch, "case": case, "jax_s": j["median_s"], "torch_s": t["median_s"],
+                "speedup": t["median_s"] / j["median_s"], "jax_gflops": j["gflops"],
+                "torch_gflops": t["gflops"], "ceiling_share": j["gflops"] / ceiling if ceiling else None,
+                "jax_compile_s": j["first_call_s"] - j["median_s"],
+                "jax_peak_mib": j["peak_rss_mib"], "torch_peak_mib": t["peak_rss_mib"],
+            })  # fmt: skip
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", choices=CASES, default=CASES)
+    ap.add_argument("--arch", nargs="+", choices=ARCHS, default=ARCHS)
+    ap.add_argument("--only", nargs="+", choices=CASES, default=CASES)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
-    ap.add_argument("--child", nargs=2, metavar=("CASE", "FRAMEWORK"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("CASE", "ARCH", "FRAMEWORK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(*args.child, args.repeats)
         return 0
     results = {}
-    for case in args.only:
-        for fw in FRAMEWORKS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", case, fw, "--repeats", str(args.repeats)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            results[f"{case}/{fw}"] = json.loads(out.stdout.strip().splitlines()[-1])
-            r = results[f"{case}/{fw}"]
-            print(f"{case:12s} {fw:6s} median {r['median_s']:8.3f} s  first {r['first_call_s']:8.2f} s  "
+    runs = [(case, "-") for case in args.only if case == "matmul"]
+    runs += [(case, arch) for arch in args.arch for case in args.only if case != "matmul"]
+    for case, arch in runs:
+        name = "matmul" if case == "matmul" else f"{arch}/{case}"
+        # torch first: its first call counts the case's FLOPs, which the JAX row divides too.
+        for fw in ["torch", "jax"]:
+            r = results[f"{name}/{fw}"] = _run_child(case, arch, fw, args.repeats)
+            if "error" in r:
+                print(f"{name:22s} {fw:6s} FAILED: {r['error']}", flush=True)
+                continue
+            flops = 2 * MATMUL_N**3 if case == "matmul" else results[f"{name}/torch"].get("flops")
+            r["gflops"] = flops / r["median_s"] / 1e9 if flops else float("nan")
+            print(f"{name:22s} {fw:6s} median {r['median_s']:8.3f} s  first {r['first_call_s']:8.2f} s  "
                   f"{r['gflops']:7.1f} GFLOP/s  peak {r['peak_rss_mib']:7.0f} MiB", flush=True)  # fmt: skip
-    ceiling = results.get("matmul/jax", {}).get("gflops")
-    table = []
-    for case in args.only:
-        if case == "matmul" or f"{case}/jax" not in results:
-            continue
-        j, t = results[f"{case}/jax"], results[f"{case}/torch"]
-        row = {"case": case, "jax_s": j["median_s"], "torch_s": t["median_s"],
-               "speedup": t["median_s"] / j["median_s"], "jax_gflops": j["gflops"],
-               "ceiling_share": j["gflops"] / ceiling if ceiling else None,
-               "jax_compile_s": j["first_call_s"] - j["median_s"]}  # fmt: skip
-        table.append(row)
-    print(f"\n{'case':12s} {'jax s':>9s} {'torch s':>9s} {'speedup':>8s} {'GFLOP/s':>8s} {'of matmul':>9s} {'compile s':>9s}")
+    table = _table(results, args.arch, args.only)
+    print(f"\n{'arch':6s} {'case':11s} {'jax s':>9s} {'torch s':>9s} {'speedup':>8s} {'GFLOP/s':>8s} "
+          f"{'of matmul':>9s} {'compile s':>9s}")  # fmt: skip
     for r in table:
         share = f"{100 * r['ceiling_share']:.0f}%" if r["ceiling_share"] else "-"
-        print(f"{r['case']:12s} {r['jax_s']:9.3f} {r['torch_s']:9.3f} {r['speedup']:7.2f}x "
+        print(f"{r['arch']:6s} {r['case']:11s} {r['jax_s']:9.3f} {r['torch_s']:9.3f} {r['speedup']:7.2f}x "
               f"{r['jax_gflops']:8.1f} {share:>9s} {r['jax_compile_s']:9.1f}")  # fmt: skip
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
     args.json.write_text(json.dumps({"machine": machine, "results": results, "table": table}, indent=1))
     print(f"\nwrote {args.json}")
-    return 0
+    failed = [k for k, r in results.items() if "error" in r]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -196,7 +196,8 @@ def test_inference_switches_reach_the_denoiser(val_dir, ckpt, model, capsys, tmp
     rep = report(["--ckpt", ckpt, "--sidd-val", val_dir, *FAST, "--self-ensemble"], capsys, tmp_path)
     noisy, clean = (b.reshape(-1, *SHAPE[2:]) for b in _blocks(0))
     cfg = InferenceConfig(tta=False, r3=False, self_ensemble=True)
-    out = np.asarray(postprocess(Denoiser(model, cfg)(noisy.astype(np.float32), jax.random.key(0))))
+    keys = jax.random.split(jax.random.key(0), len(noisy))
+    out = np.asarray(postprocess(Denoiser(model, cfg)(noisy.astype(np.float32), keys)))
     np.testing.assert_allclose(block_numbers(rep)[:, 0], [psnr(c, o) for c, o in zip(clean, out)], rtol=0, atol=1e-9)
     assert rep["options"]["self_ensemble"] and not rep["options"]["tta"] and not rep["options"]["r3"]
 
@@ -267,7 +268,7 @@ def test_submissions_round_trip_and_pass_the_check(bench_dir, ckpt, model, capsy
     np.testing.assert_array_equal(from_csv, from_mat)
     # And they hold the denoised blocks, image-major, rounded as the release rounds.
     noisy = _blocks(1)[0].reshape(-1, *SHAPE[2:]).astype(np.float32)
-    direct = Denoiser(model, InferenceConfig(tta=False, r3=False))(noisy, jax.random.key(0))
+    direct = Denoiser(model, InferenceConfig(tta=False, r3=False))(noisy, jax.random.split(jax.random.key(0), len(noisy)))
     np.testing.assert_array_equal(from_csv.reshape(noisy.shape), np.asarray(postprocess(direct)))
     assert no_temp_files(tmp_path)
 

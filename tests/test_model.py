@@ -200,7 +200,7 @@ def test_odd_size_crash_of_the_release_is_fixed(flax_model, reference, rng):
     x = image(rng, 1, 61, 80)
     with pytest.raises(RuntimeError):  # A (62 x 80) + B (61 x 80): the release's bug
         reference(8, R3=False).denoise(torch.from_numpy(x.transpose(0, 3, 1, 2)))
-    out = Denoiser(flax_model(8))(x, jax.random.key(0))
+    out = Denoiser(flax_model(8))(x, jax.random.split(jax.random.key(0), len(x)))
     assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
 
 
@@ -258,7 +258,7 @@ def test_tiled_matches_untiled_inside_tiles(rng):
     key = jax.random.key(0)
     tile, overlap, margin = 64, 16, 20
     tiled = denoise_image(denoiser, img, key, tile=tile, overlap=overlap)
-    whole = np.asarray(denoiser(img[None], key)[0])
+    whole = np.asarray(denoiser(img[None], key[None])[0])
     assert tiled.shape == img.shape and np.all(np.isfinite(tiled))
 
     def interior(size: int) -> np.ndarray:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from ambsn_jax.files import sha256_file
+from ambsn_jax.inference import fold_in_each
 
 
 def item_keys(seed: int, indices: Sequence[int]) -> jax.Array:
@@ -19,7 +18,7 @@ def item_keys(seed: int, indices: Sequence[int]) -> jax.Array:
     An item's R3 draws thus depend only on the seed and its own index (block number in the
     file, position in the sorted file list, box number), never on the batch size or `--limit`.
     """
-    return jax.vmap(partial(jax.random.fold_in, jax.random.key(seed)))(jnp.asarray(indices, jnp.uint32))
+    return fold_in_each(jax.random.key(seed), indices)
 
 
 def checkpoint_sha256(path: str | Path) -> str:

@@ -83,14 +83,14 @@ def denoise_blocks(
         raise UserError(f"blocks of {h}x{w} pixels: too small, R3 needs over {denoiser.cfg.pd_pad} per side")
     batch = min(batch, n)
     start_time = time.perf_counter()
-    denoiser.compile_each((batch, h, w, 3))
+    denoiser.compile((batch, h, w, 3))
     timing.compile_s += time.perf_counter() - start_time
     for start in range(0, n, batch):
         count = min(batch, n - start)
         # The last batch is topped up with copies of its last block: same shape, no recompilation.
         indices = np.minimum(np.arange(start, start + batch), start + count - 1)
         start_time = time.perf_counter()
-        out = denoiser.each(blocks[indices].astype(np.float32), item_keys(seed, indices))
+        out = denoiser(blocks[indices].astype(np.float32), item_keys(seed, indices))
         rounded = np.asarray(postprocess(out)).astype(np.uint8)[:count]
         timing.run_s += time.perf_counter() - start_time
         timing.blocks += count
