@@ -7,6 +7,7 @@ The factories take a network: a width C for AM-BSN, or a config of `ambsn_jax.fa
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import jax
@@ -18,6 +19,10 @@ from ambsn_jax import torch_port
 from ambsn_jax.family import Model, ModelConfig, arch_of
 from ambsn_jax.model import AMBSNConfig
 from convert.reference import Denoiser, release_bsn
+
+# The commands run in-process here keep compiled programs on disk (ambsn_jax.cli); the tests'
+# small shapes stay out of the user's cache (test_cli.py checks the cache itself).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
 
 # Parity is defined against float32 convolutions; TF32 (the GPU default) alone moves outputs
 # by ~0.3, so the tests pin full precision wherever they run.
