@@ -260,18 +260,30 @@ def train(cfg: Config, workdir: Path) -> int:
                 flush=True,
             )
         log = RunLog(workdir, start, last_step, lead)
+
+        def next_batch() -> jax.Array:
+            return meshlib.global_batch(next(data_iter), mesh)
+
         try:
+            batch = next_batch() if start < last_step else None
             for step in range(start + 1, last_step + 1):
-                state, metrics = step_fn(state, meshlib.global_batch(next(data_iter), mesh))
+                state, metrics = step_fn(state, batch)  # dispatched: the devices work from here on
+                checkpoint_now = step % save_every == 0 or step == last_step
+                if not checkpoint_now:
+                    # The next batch is read and sent to the devices while this step runs. Not
+                    # before a checkpoint, which records the data iterator after `step` batches.
+                    batch = next_batch()
                 if step % cfg.log.every == 0 or step == last_step:
                     values = {k: float(v) for k, v in metrics.items()}
                     log.write(step, values, "train")
                     log.progress(step, values)
-                if step % save_every == 0 or step == last_step:
+                if checkpoint_now:
                     scores = validate(denoiser, graphdef, state.params, val, cfg) if val else None
                     if scores:
                         log.write(step, scores, "val")
                     mngr.save(step, args=_save_args(state, meta, data_iter), metrics=scores)
+                    if step < last_step:
+                        batch = next_batch()
             mngr.wait_until_finished()
         finally:
             log.close()
