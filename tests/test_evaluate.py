@@ -227,13 +227,14 @@ def test_default_checkpoint_is_used_when_present(val_dir, ckpt, capsys, tmp_path
 def test_shipped_demo_weights_denoise_the_demo_set(capsys, tmp_path, monkeypatch):
     """`python evaluate.py` with no option: the committed demo checkpoint on the demo set.
 
-    Measured when it was made (README): 29.54 dB / 0.841 against the noisy 26.56 dB / 0.504
-    with the default inference and seed 0; the bounds leave room for float differences only.
+    Measured when it was made (README): 30.07 dB / 0.839 against the noisy 26.56 dB / 0.504
+    with the default inference and seed 0. The PSNR bound is the issue's: at least 3 dB over
+    the noisy input.
     """
     monkeypatch.setenv("AMBSN_CACHE", str(tmp_path / "cache"))
     rep = report([], capsys, tmp_path)
     assert rep["checkpoint"]["path"] == str(cli.DEFAULT_CKPT) and len(rep["blocks"]) == 16
-    assert rep["psnr"] - rep["noisy_psnr"] > 2.9
+    assert rep["psnr"] - rep["noisy_psnr"] >= 3.0
     assert rep["ssim"] - rep["noisy_ssim"] > 0.3
 
 
