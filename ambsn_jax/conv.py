@@ -38,6 +38,7 @@ def conv_general_dilated(
     """Drop-in for `lax.conv_general_dilated` as `nnx.Conv` calls it, for the convolutions this
     network has: NHWC input, HWIO kernel, stride 1, explicit padding, no input dilation, one
     feature group."""
+
     def dims(spec):
         return jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, spec)
 
@@ -101,9 +102,9 @@ def kernel_grad_by_taps(
     reads, flattened to (pixels, C_in), transposed, times the output gradient (pixels, C_out).
 
     A k x k kernel reads its input k^2 times, so the sum runs over bands of output rows: each
-    band's inputs stay in cache across the taps (at 8 x 130^2 x 128, dilation 2: 1.25x faster
-    than whole windows, 2.6x faster than XLA:CPU's own gradient; bench/NOTES.md). The bands split the rows, not the batch,
-    so a batch sharded over devices stays sharded.
+    band's inputs stay in cache across the taps (at 8 x 130^2 x 128, dilation 2: 1.3x faster
+    than whole windows, 2.6x faster than XLA:CPU's own gradient; bench/NOTES.md). The bands
+    split the rows, not the batch, so a batch sharded over devices stays sharded.
     """
     kh = kernel_shape[0]
     (top, bottom), (left, right) = padding
