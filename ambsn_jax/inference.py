@@ -34,6 +34,7 @@ class InferenceConfig:
     r3_t: int = 8
     r3_p: float = 0.16
     self_ensemble: bool = False  # average over the 8 rotations / flips
+    bf16: bool = False  # convolutions in bfloat16 (GPU tensor cores); PD, fusion and R3 in float32
 
 
 def default_inference(meta: Mapping[str, Any]) -> InferenceConfig:
@@ -142,10 +143,20 @@ def _denoise_pure(
     graphdef: nnx.GraphDef, cfg: InferenceConfig, state: nnx.State, x: jax.Array, key: jax.Array
 ) -> jax.Array:
     net = nnx.merge(graphdef, state)
-    run = partial(denoise, net, cfg=cfg)
+    run = partial(denoise, _in_bfloat16(net) if cfg.bf16 else net, cfg=cfg)
     if cfg.self_ensemble:
         return self_ensemble(run, x, key)
     return run(x, key)
+
+
+def _in_bfloat16(net: nnx.Module) -> Network:
+    """`net` with every convolution computing in bfloat16: inputs and weights rounded to it, as
+    GPU tensor cores take them, and so are the activations between layers. Its output returns
+    to float32, whose 0..255 scale bfloat16 would round to steps of up to 1."""
+    for _, module in nnx.iter_modules(net):
+        if isinstance(module, nnx.Conv):
+            module.dtype = jnp.bfloat16
+    return lambda z: net(z).astype(jnp.float32)
 
 
 def fold_in_each(key: jax.Array, indices: Sequence[int] | np.ndarray) -> jax.Array:

@@ -57,7 +57,7 @@ def _masked_conv_fn(kind: str, k: int):
     m = blind_spot_mask(kind, k)[:, :, None, None]
 
     def conv_fn(lhs, rhs, *args, **kwargs):
-        return conv_general_dilated(lhs, rhs * m, *args, **kwargs)
+        return conv_general_dilated(lhs, rhs * m.astype(rhs.dtype), *args, **kwargs)
 
     return conv_fn
 

@@ -193,13 +193,14 @@ def test_r3_numbers_depend_on_the_seed_only(val_dir, ckpt, capsys, tmp_path):
 
 
 def test_inference_switches_reach_the_denoiser(val_dir, ckpt, model, capsys, tmp_path):
-    rep = report(["--ckpt", ckpt, "--sidd-val", val_dir, *FAST, "--self-ensemble"], capsys, tmp_path)
+    rep = report(["--ckpt", ckpt, "--sidd-val", val_dir, *FAST, "--self-ensemble", "--bf16"], capsys, tmp_path)
     noisy, clean = (b.reshape(-1, *SHAPE[2:]) for b in _blocks(0))
-    cfg = InferenceConfig(tta=False, r3=False, self_ensemble=True)
+    cfg = InferenceConfig(tta=False, r3=False, self_ensemble=True, bf16=True)
     keys = jax.random.split(jax.random.key(0), len(noisy))
     out = np.asarray(postprocess(Denoiser(model, cfg)(noisy.astype(np.float32), keys)))
     np.testing.assert_allclose(block_numbers(rep)[:, 0], [psnr(c, o) for c, o in zip(clean, out)], rtol=0, atol=1e-9)
-    assert rep["options"]["self_ensemble"] and not rep["options"]["tta"] and not rep["options"]["r3"]
+    assert rep["options"]["self_ensemble"] and rep["options"]["bf16"]
+    assert not rep["options"]["tta"] and not rep["options"]["r3"]
 
 
 def test_matlab_v73_files_score_as_v5(val_dir, ckpt, capsys, tmp_path):

@@ -204,6 +204,20 @@ def test_odd_size_crash_of_the_release_is_fixed(flax_model, reference, rng):
     assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
 
 
+def test_bf16_inference_rounds_the_convolutions_only(flax_model, rng):
+    """bfloat16 convolutions move the output by bfloat16's rounding, no more; the output stays
+    float32 and the model itself keeps float32."""
+    model = flax_model(8)
+    x = image(rng, 2, 24, 24)
+    keys = jax.random.split(jax.random.key(0), 2)
+    f32 = np.asarray(Denoiser(model)(x, keys))
+    bf16 = Denoiser(model, InferenceConfig(bf16=True))(x, keys)
+    assert bf16.dtype == jnp.float32
+    gap = np.abs(np.asarray(bf16) - f32).max()
+    assert 0 < gap < 0.01 * np.abs(f32).max()  # bfloat16 keeps 8 significant bits: 0.4% a rounding
+    np.testing.assert_array_equal(np.asarray(Denoiser(model)(x, keys)), f32)
+
+
 def test_postprocess_rounds_half_up_and_clips():
     y = jnp.array([-3.0, -0.4, 0.49, 0.5, 1.5, 254.49, 254.5, 300.0])
     np.testing.assert_array_equal(postprocess(y), [0, 0, 0, 1, 2, 254, 255, 255])

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--no-r3", action="store_true", help="skip random-replacing refinement")
     inf.add_argument("--self-ensemble", action="store_true", help="average over the 8 rotations / flips")
     inf.add_argument(
+        "--bf16", action="store_true",
+        help="convolutions in bfloat16: for GPUs with tensor cores (slow on CPUs); PSNR cost in bench/NOTES.md",
+    )  # fmt: skip
+    inf.add_argument(
         "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
         help="R3 randomness; an item's draws depend only on this and its index (default 0)",
     )  # fmt: skip
@@ -130,7 +134,8 @@ def _denoiser(args: argparse.Namespace) -> tuple[Denoiser, Path]:
     model, meta = load_model(ckpt)
     release = default_inference(meta)
     cfg = dataclasses.replace(
-        release, tta=release.tta and not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble
+        release, tta=release.tta and not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble,
+        bf16=args.bf16,
     )
     return Denoiser(model, cfg), ckpt
 
@@ -142,7 +147,7 @@ def _validate(args: argparse.Namespace, root: Path) -> int:
     scores = sidd.score_validation(denoiser, noisy, clean, args.seed, args.batch, args.limit)
     options: dict[str, Any] = {
         "dataset": str(root),
-        **{k: getattr(args, k) for k in ("seed", "batch", "limit", "self_ensemble")},
+        **{k: getattr(args, k) for k in ("seed", "batch", "limit", "self_ensemble", "bf16")},
         "tta": denoiser.cfg.tta,
         "r3": denoiser.cfg.r3,
     }
