@@ -172,7 +172,7 @@ def test_validation_equals_the_pytorch_reference_pipeline(val_dir, pth, scaled_s
     assert rep["noisy_ssim"] == pytest.approx(np.mean([ssim(c, n) for c, n in zip(flat_clean, flat_noisy)]))
     assert rep["options"] == {
         "dataset": str(val_dir), "seed": 0, "batch": 3, "limit": None,
-        "self_ensemble": False, "tta": True, "r3": False,
+        "self_ensemble": False, "bf16": False, "tta": True, "r3": False,
     }  # fmt: skip
     assert rep["checkpoint"] == {"path": str(pth), "sha256": hashlib.sha256(pth.read_bytes()).hexdigest()}
     assert set(rep["timing"]) == {"compile_s", "per_block_s", "total_s"}
