@@ -66,14 +66,16 @@ def run_jax(repeats: int) -> None:
             w, p = jnp.asarray(np.random.rand(k, k, C, C), jnp.float32), d * (k // 2)
 
             def f(x, w, conv=conv, p=p, d=d):
-                return conv(x, w, (1, 1), [(p, p), (p, p)], rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                dims = ("NHWC", "HWIO", "NHWC")
+                return conv(x, w, (1, 1), [(p, p), (p, p)], rhs_dilation=(d, d), dimension_numbers=dims)
 
             fns = {
                 "forward": jax.jit(f),
                 "dx": jax.jit(lambda x, w, f=f: jax.vjp(lambda x: f(x, w), x)[1](g)[0]),
                 "dw": jax.jit(lambda x, w, f=f: jax.vjp(lambda w: f(x, w), w)[1](g)[0]),
             }
-            _report(name, k, d, {op: _median(lambda fn=fn: fn(x, w).block_until_ready(), repeats) for op, fn in fns.items()})
+            times = {op: _median(lambda fn=fn: fn(x, w).block_until_ready(), repeats) for op, fn in fns.items()}
+            _report(name, k, d, times)
 
 
 def _report(name: str, k: int, d: int, times: dict[str, float]) -> None:

@@ -65,7 +65,8 @@ def test_cpu_kernel_gradient_is_matrix_products():
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
 
     def loss(w):
-        return jnp.sum(conv_general_dilated(x, w, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2), dimension_numbers=NHWC))
+        padding = ((2, 2), (2, 2))
+        return jnp.sum(conv_general_dilated(x, w, (1, 1), padding, rhs_dilation=(2, 2), dimension_numbers=NHWC))
 
     hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
     assert jax.default_backend() == "cpu"

@@ -270,7 +270,8 @@ def test_submissions_round_trip_and_pass_the_check(bench_dir, ckpt, model, capsy
     np.testing.assert_array_equal(from_csv, from_mat)
     # And they hold the denoised blocks, image-major, rounded as the release rounds.
     noisy = _blocks(1)[0].reshape(-1, *SHAPE[2:]).astype(np.float32)
-    direct = Denoiser(model, InferenceConfig(tta=False, r3=False))(noisy, jax.random.split(jax.random.key(0), len(noisy)))
+    keys = jax.random.split(jax.random.key(0), len(noisy))
+    direct = Denoiser(model, InferenceConfig(tta=False, r3=False))(noisy, keys)
     np.testing.assert_array_equal(from_csv.reshape(noisy.shape), np.asarray(postprocess(direct)))
     assert no_temp_files(tmp_path)
 
