@@ -139,7 +139,7 @@ def test_narrow_pd2_and_denoise_parity(flax_model, reference, assert_parity, rng
     tmask = torch.from_numpy(np.ascontiguousarray(m.transpose(0, 1, 4, 2, 3)))
     cfg = default_inference({"arch": arch})
     assert_parity(
-        lambda v: denoise(model, v, cfg=cfg, masks=jnp.asarray(m)),
+        lambda v: denoise(model, v, None, cfg, masks=jnp.asarray(m)),
         lambda v: ref.denoise(v, masks=tmask)[:, :, :h, :w],  # the releases return the padded size
         image(rng, 1, h, w),
     )

@@ -188,7 +188,7 @@ def test_denoise_matches_reference(flax_model, reference, assert_parity, rng, tt
     jmask, tmask = r3_masks(rng, (1, h + h % 2, w + w % 2, 3) if not tta else x.shape)
 
     def ours(v):
-        return denoise(model, v, cfg=cfg, masks=jmask if r3 else None)
+        return denoise(model, v, None, cfg, masks=jmask if r3 else None)
 
     def release(v):
         return ref.denoise(v, masks=tmask)[:, :, :h, :w]

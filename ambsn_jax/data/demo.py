@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from ambsn_jax.data.camera_noise import add_camera_noise, apply_camera_noise, sa
 from ambsn_jax.data.images import write_pixels
 from ambsn_jax.data.sidd import save_blocks_mat
 from ambsn_jax.errors import UserError
+from ambsn_jax.files import atomic_dir
 
 DEMO_VERSION = 2
 MANIFEST = "manifest.json"
@@ -68,22 +67,14 @@ def demo_root(cache_dir: str | Path | None = None) -> Path:
         )
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=cache))
     except OSError as e:
         raise UserError(
             f"{cache}: cannot make the demo dataset there ({e.strerror}); "
             "set AMBSN_CACHE to a writable folder"
         ) from e
-    try:
+    # Two processes making it at once both build the same bytes; the first rename wins.
+    with atomic_dir(root) as tmp:
         _build(tmp)
-        try:
-            tmp.rename(root)
-        except OSError:
-            # Another process renamed its copy into place first; it is identical to ours.
-            if not (root / MANIFEST).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -91,6 +91,55 @@ def write_pixels(path: str | Path, pixels: np.ndarray) -> None:
         f.write(encoded.tobytes())
 
 
+def to_network(samples: np.ndarray, where: str) -> tuple[np.ndarray, ImageInfo]:
+    """RGB-ordered samples, uint8 or uint16, gray (H, W[, 1]), RGB or RGBA (H, W, 3|4) -> the
+    network's RGB float32 (H, W, 3) in 0..255, and what `from_network` needs to undo it.
+
+    Gray is repeated over the three channels; alpha is set aside and put back unchanged.
+    `where` (a file, or "the array") names the input in errors.
+    """
+    depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(samples.dtype)
+    if depth is None:
+        raise UserError(f"{where}: {samples.dtype} samples are not supported; convert it to 8 or 16 bit")
+    if samples.ndim == 3 and samples.shape[2] == 1:
+        samples = samples[:, :, 0]
+    alpha = None
+    if samples.ndim == 2:
+        mode = "gray"
+        rgb = np.repeat(samples[:, :, None], 3, axis=2)
+    elif samples.ndim == 3 and samples.shape[2] in (3, 4):
+        mode = "rgb" if samples.shape[2] == 3 else "rgba"
+        rgb = samples[:, :, :3]
+        alpha = samples[:, :, 3].copy() if mode == "rgba" else None
+    else:
+        raise UserError(f"{where}: shape {samples.shape} is not a gray (H, W) or colour (H, W, 3|4) image")
+    image = rgb.astype(np.float32) / np.float32(_SCALE[depth])
+    return image, ImageInfo(depth=depth, mode=mode, alpha=alpha)
+
+
+def from_network(rgb_0_255: np.ndarray, info: ImageInfo) -> np.ndarray:
+    """The network's RGB float (H, W, 3) in 0..255 -> RGB-ordered samples of the depth and
+    channels `info` recorded, rounded as the release rounds (+0.5, floor, clip)."""
+    if rgb_0_255.ndim != 3 or rgb_0_255.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb_0_255.shape}")
+    values = rgb_0_255.mean(axis=2) if info.mode == "gray" else rgb_0_255
+    dtype = _DTYPE[info.depth]
+    samples = np.floor(values * _SCALE[info.depth] + 0.5)
+    samples = np.clip(samples, 0, np.iinfo(dtype).max).astype(dtype)
+    if info.mode != "rgba":
+        return samples
+    if info.alpha is None or info.alpha.shape != samples.shape[:2]:
+        raise ValueError("an rgba ImageInfo needs the (H, W) alpha of an image of this size")
+    return np.dstack([samples, info.alpha])
+
+
+def _swap_red_blue(samples: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) order <-> RGB(A): its files speak the one, the network the other."""
+    if samples.ndim == 3 and samples.shape[2] in (3, 4):
+        return np.ascontiguousarray(samples[:, :, [2, 1, 0, *range(3, samples.shape[2])]])
+    return samples
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     """An image as RGB float32 (H, W, 3) in 0..255, and what it takes to write it back alike."""
     path = Path(path)
@@ -99,45 +148,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     # will not carry: decode them upright (these flags apply the tag; JPEGs have no alpha to lose).
     is_jpeg = data[:3].tobytes() == b"\xff\xd8\xff"
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if is_jpeg else cv2.IMREAD_UNCHANGED
-    pixels = _decode(path, data, flags)
-    depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(pixels.dtype)
-    if depth is None:
-        raise UserError(
-            f"{path}: {pixels.dtype} samples are not supported; convert it to 8 or 16 bit"
-        )
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
-
-    alpha = None
-    if pixels.ndim == 2:
-        mode = "gray"
-        rgb = np.repeat(pixels[:, :, None], 3, axis=2)
-    elif pixels.shape[2] == 4:
-        mode = "rgba"
-        rgb = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-        alpha = pixels[:, :, 3].copy()
-    else:
-        mode = "rgb"
-        rgb = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    image = rgb.astype(np.float32) / np.float32(_SCALE[depth])
-    return image, ImageInfo(depth=depth, mode=mode, alpha=alpha)
+    return to_network(_swap_red_blue(_decode(path, data, flags)), str(path))
 
 
 def write_image(path: str | Path, rgb_0_255: np.ndarray, info: ImageInfo) -> None:
     """Writes an RGB float image in 0..255 with the depth and channels `info` recorded."""
-    if rgb_0_255.ndim != 3 or rgb_0_255.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb_0_255.shape}")
-    values = rgb_0_255.mean(axis=2) if info.mode == "gray" else rgb_0_255
-    dtype = _DTYPE[info.depth]
-    samples = np.floor(values * _SCALE[info.depth] + 0.5)
-    samples = np.clip(samples, 0, np.iinfo(dtype).max).astype(dtype)
-
-    if info.mode == "gray":
-        pixels = samples
-    elif info.mode == "rgba":
-        if info.alpha is None or info.alpha.shape != samples.shape[:2]:
-            raise ValueError("an rgba ImageInfo needs the (H, W) alpha of an image of this size")
-        pixels = np.dstack([cv2.cvtColor(samples, cv2.COLOR_RGB2BGR), info.alpha])
-    else:
-        pixels = cv2.cvtColor(samples, cv2.COLOR_RGB2BGR)
-    write_pixels(path, pixels)
+    write_pixels(path, _swap_red_blue(from_network(rgb_0_255, info)))

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ambsn_jax.data.images import list_images, read_pixels, write_pixels
 from ambsn_jax.errors import UserError
+from ambsn_jax.ops.windows import window_starts
 
 _NUMERIC_MATLAB_CLASSES = frozenset(
     "double single int8 uint8 int16 uint16 int32 uint32 int64 uint64 logical".split()
@@ -26,7 +27,7 @@ def load_blocks(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the path of the SIDD .mat file")
+        raise UserError(f"{path}: no such file")
     # v7.3 files are HDF5 files with a MATLAB header in the user block; scipy reads only v4/v5.
     load = _load_v73 if h5py.is_hdf5(path) else _load_v5
     return np.ascontiguousarray(load(path))
@@ -122,15 +123,8 @@ def find_noisy_images(root: str | Path) -> list[Path]:
     return noisy or images
 
 
-def _starts(length: int, size: int, stride: int) -> list[int]:
-    """Window offsets at `stride`, plus one flush with the far border so that all is covered."""
-    if length <= size:
-        return [0]
-    return [*range(0, length - size, stride), length - size]
-
-
 def prepare_patches(
-    src_root: str | Path, out_root: str | Path, size: int = 512, stride: int = 384
+    src_root: str | Path, out_root: str | Path, size: int, stride: int
 ) -> list[Path]:
     """Cuts every training image under `src_root` into size x size PNG patches under `out_root`.
 
@@ -152,8 +146,8 @@ def prepare_patches(
         rel = source.relative_to(src_root)
         pixels = read_pixels(source)
         height, width = pixels.shape[:2]
-        for y in _starts(height, size, stride):
-            for x in _starts(width, size, stride):
+        for y in window_starts(height, size, stride):
+            for x in window_starts(width, size, stride):
                 patch = out_root / rel.parent / f"{rel.stem}_y{y:04d}_x{x:04d}.png"
                 if not patch.exists():
                     write_pixels(patch, pixels[y : y + size, x : x + size])

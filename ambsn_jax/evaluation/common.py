@@ -1,15 +1,15 @@
-"""What every evaluation mode shares: per-item random keys and checkpoint digests."""
+"""What every evaluation mode shares: per-item random keys, and how reports name a checkpoint."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import jax
 
-from ambsn_jax.files import sha256_file
-from ambsn_jax.inference import fold_in_each
+from ambsn_jax.checkpoint.store import Checkpoint
+from ambsn_jax.files import sha256_tree
+from ambsn_jax.inference.denoiser import fold_in_each
 
 
 def item_keys(seed: int, indices: Sequence[int]) -> jax.Array:
@@ -21,14 +21,18 @@ def item_keys(seed: int, indices: Sequence[int]) -> jax.Array:
     return fold_in_each(jax.random.key(seed), indices)
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    """sha256 of a .pth file, or of an Orbax directory: every file's relative path and bytes, sorted."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        # The name goes in too, so that moving bytes between files changes the digest.
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
+def checkpoint_record(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a report says of the weights: where they are, their digest, which network.
+
+    The digest covers the step directory read (or the .pth file), not a whole training workdir.
+    """
+    read = checkpoint.path if checkpoint.step is None else checkpoint.path / str(checkpoint.step)
+    return {
+        "path": str(checkpoint.path),
+        "step": checkpoint.step,
+        "sha256": sha256_tree(read),
+        "arch": checkpoint.meta.arch,
+        "config": checkpoint.meta.config,
+        "train_pd": checkpoint.meta.train_pd,
+        "source": checkpoint.meta.source,
+    }

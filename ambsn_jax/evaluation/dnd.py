@@ -28,7 +28,9 @@ from tqdm import tqdm
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import item_keys
 from ambsn_jax.files import atomic_path
-from ambsn_jax.inference import Denoiser, denoise_image, postprocess
+from ambsn_jax.inference.denoiser import BoundDenoiser
+from ambsn_jax.inference.release import postprocess
+from ambsn_jax.inference.tiling import Tiling, denoise_image
 
 _H5_ERRORS = (OSError, KeyError, ValueError, TypeError)
 
@@ -80,14 +82,12 @@ def _save_mat(path: Path, variables: dict) -> None:
 
 
 def denoise_dnd(
-    denoiser: Denoiser,
+    denoiser: BoundDenoiser,
     root: str | Path,
     all_boxes: list[np.ndarray],
     out_dir: str | Path,
     seed: int,
-    tile: int,
-    overlap: int,
-    batch: int,
+    tiling: Tiling,
 ) -> None:
     """Writes every box's result and the bundled files; `all_boxes` as `read_boxes(root)` gives them.
 
@@ -101,7 +101,7 @@ def denoise_dnd(
             crops = np.empty(len(boxes), dtype=object)  # saved as a MATLAB cell, as the kit does
             for k, box in enumerate(boxes):
                 crop = _crop(noisy, box, f"{root / 'info.mat'} (image {image}, box {k + 1})")
-                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [n])[0], tile, overlap, batch)
+                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [n])[0], tiling)
                 crops[k] = (np.asarray(postprocess(out)) / 255.0).astype(np.float32)
                 _save_mat(out_dir / f"{image:04d}_{k + 1:02d}.mat", {"Idenoised_crop": crops[k]})
                 n += 1

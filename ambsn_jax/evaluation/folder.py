@@ -10,7 +10,8 @@ from tqdm import tqdm
 from ambsn_jax.data.images import read_image, write_image
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import item_keys
-from ambsn_jax.inference import Denoiser, denoise_image
+from ambsn_jax.inference.denoiser import BoundDenoiser
+from ambsn_jax.inference.tiling import Tiling, denoise_image
 
 
 def output_paths(inputs: list[Path], out_dir: str | Path) -> dict[Path, Path]:
@@ -29,12 +30,10 @@ def output_paths(inputs: list[Path], out_dir: str | Path) -> dict[Path, Path]:
 
 
 def denoise_files(
-    denoiser: Denoiser,
+    denoiser: BoundDenoiser,
     outputs: dict[Path, Path],
     seed: int,
-    tile: int,
-    overlap: int,
-    batch: int,
+    tiling: Tiling,
 ) -> list[str]:
     """Denoises every input onto its output path; returns one message per file that failed.
 
@@ -45,7 +44,7 @@ def denoise_files(
     for i, (source, target) in enumerate(tqdm(outputs.items(), desc="denoising", unit="image", disable=None)):
         try:
             image, info = read_image(source)
-            out = denoise_image(denoiser, image, item_keys(seed, [i])[0], tile, overlap, batch)
+            out = denoise_image(denoiser, image, item_keys(seed, [i])[0], tiling)
             # write_image rounds as `postprocess` does (+0.5, floor, clip), at the file's own depth:
             # bit-identical for 8-bit files, and 16-bit files keep the network's finer output.
             write_image(target, np.asarray(out), info)

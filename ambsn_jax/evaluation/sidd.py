@@ -7,6 +7,7 @@ block n's R3 randomness comes from `item_keys(seed, [n])`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,21 +16,29 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.data.sidd import load_blocks
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import item_keys
-from ambsn_jax.inference import Denoiser, postprocess
+from ambsn_jax.evaluation.common import checkpoint_record, item_keys
+from ambsn_jax.files import atomic_path
+from ambsn_jax.inference.denoiser import BatchDenoiser, BoundDenoiser
+from ambsn_jax.inference.release import InferenceConfig, postprocess
 from ambsn_jax.metrics import psnr, ssim
+from ambsn_jax.ops.windows import pad_to_min_side, padded_batches
 
 VALIDATION_NOISY = "ValidationNoisyBlocksSrgb.mat"
 VALIDATION_CLEAN = "ValidationGtBlocksSrgb.mat"
 BENCHMARK_NOISY = "BenchmarkNoisyBlocksSrgb.mat"
 
 
-def _existing_folder(root: str | Path, holds: str) -> Path:
+def _folder_holding(root: str | Path, *names: str) -> Path:
     root = Path(root)
+    holds = " and ".join(names)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; pass the folder that holds {holds}")
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise UserError(f"{root}: lacks {' and '.join(missing)}; pass the folder that holds {holds}")
     return root
 
 
@@ -42,7 +51,7 @@ def _load_nonempty(path: Path) -> np.ndarray:
 
 def load_validation(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) uint8 blocks (images, blocks, H, W, 3) of a SIDD validation folder."""
-    root = _existing_folder(root, f"{VALIDATION_NOISY} and {VALIDATION_CLEAN}")
+    root = _folder_holding(root, VALIDATION_NOISY, VALIDATION_CLEAN)
     noisy = _load_nonempty(root / VALIDATION_NOISY)
     clean = _load_nonempty(root / VALIDATION_CLEAN)
     if noisy.shape != clean.shape:
@@ -55,7 +64,7 @@ def load_validation(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_benchmark(root: str | Path) -> np.ndarray:
     """The noisy uint8 blocks (images, blocks, H, W, 3) of a SIDD benchmark folder."""
-    return _load_nonempty(_existing_folder(root, BENCHMARK_NOISY) / BENCHMARK_NOISY)
+    return _load_nonempty(_folder_holding(root, BENCHMARK_NOISY) / BENCHMARK_NOISY)
 
 
 @dataclasses.dataclass
@@ -71,37 +80,33 @@ class Timing:
 
 
 def denoise_blocks(
-    denoiser: Denoiser, blocks: np.ndarray, seed: int, batch: int, timing: Timing
+    denoiser: BoundDenoiser, blocks: np.ndarray, seed: int, batch: int, timing: Timing
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (n of its first block, rounded uint8 batch) for blocks (N, H, W, 3), in order.
 
     Every call has the shape (batch, H, W, 3), so one compilation serves all blocks; the
-    time spent is added to `timing`.
+    time spent is added to `timing`. Blocks smaller than R3 needs are padded and cropped back.
     """
     n, h, w = blocks.shape[:3]
-    if min(h, w) <= denoiser.cfg.pd_pad:
-        raise UserError(f"blocks of {h}x{w} pixels: too small, R3 needs over {denoiser.cfg.pd_pad} per side")
+    blocks = pad_to_min_side(blocks, denoiser.min_side(), axes=(1, 2))
     batch = min(batch, n)
     start_time = time.perf_counter()
-    denoiser.compile((batch, h, w, 3))
+    denoiser.compile((batch, *blocks.shape[1:3], 3))
     timing.compile_s += time.perf_counter() - start_time
-    for start in range(0, n, batch):
-        count = min(batch, n - start)
-        # The last batch is topped up with copies of its last block: same shape, no recompilation.
-        indices = np.minimum(np.arange(start, start + batch), start + count - 1)
+    for indices, valid in padded_batches(n, batch):
         start_time = time.perf_counter()
         out = denoiser(blocks[indices].astype(np.float32), item_keys(seed, indices))
-        rounded = np.asarray(postprocess(out)).astype(np.uint8)[:count]
+        rounded = np.asarray(postprocess(out)).astype(np.uint8)[:valid, :h, :w]
         timing.run_s += time.perf_counter() - start_time
-        timing.blocks += count
-        yield start, rounded
+        timing.blocks += valid
+        yield int(indices[0]), rounded
 
 
 def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="block", disable=None, dynamic_ncols=True)
 
 
-def denoise_benchmark(denoiser: Denoiser, noisy: np.ndarray, seed: int, batch: int) -> np.ndarray:
+def denoise_benchmark(denoiser: BoundDenoiser, noisy: np.ndarray, seed: int, batch: int) -> np.ndarray:
     """All blocks (images, blocks, H, W, 3) denoised and rounded, uint8 in the same shape."""
     flat = noisy.reshape(-1, *noisy.shape[2:])
     out = np.empty_like(flat)
@@ -113,7 +118,7 @@ def denoise_benchmark(denoiser: Denoiser, noisy: np.ndarray, seed: int, batch: i
 
 
 def score_validation(
-    denoiser: Denoiser,
+    denoiser: BoundDenoiser,
     noisy: np.ndarray,
     clean: np.ndarray,
     seed: int,
@@ -157,3 +162,39 @@ def score_validation(
             "total_s": time.perf_counter() - start_time,
         },
     }
+
+
+def evaluate_validation(
+    checkpoint: Checkpoint,
+    root: str | Path,
+    cfg: InferenceConfig,
+    seed: int = 0,
+    batch: int = 4,
+    limit: int | None = None,
+    denoiser: BatchDenoiser | None = None,
+) -> dict[str, Any]:
+    """The JSON report of `checkpoint` on the SIDD-format validation folder `root`:
+    `score_validation`'s scores, the full inference options under the release's names, and
+    the checkpoint. What `evaluate.py --sidd-val` and the end of training both run; a
+    `denoiser` of the same network and `cfg` may be passed to reuse its compiled programs."""
+    noisy, clean = load_validation(root)
+    if denoiser is None:
+        denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg)
+    scores = score_validation(denoiser.bind(checkpoint.params), noisy, clean, seed, batch, limit)
+    options = {"dataset": str(root), "seed": seed, "batch": batch, "limit": limit, **cfg.release_options()}
+    return {**scores, "options": options, "checkpoint": checkpoint_record(checkpoint)}
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The one line that a validation report prints."""
+    t = report["timing"]
+    return (
+        f"{len(report['blocks'])} blocks of {report['options']['dataset']}: PSNR {report['psnr']:.2f} dB, "
+        f"SSIM {report['ssim']:.4f} (noisy input {report['noisy_psnr']:.2f} dB, {report['noisy_ssim']:.4f}); "
+        f"compile {t['compile_s']:.1f} s, {t['per_block_s']:.3f} s/block"
+    )
+
+
+def write_json(path: str | Path, report: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")

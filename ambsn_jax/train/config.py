@@ -1,4 +1,4 @@
-"""Training configs: YAML data in `configs/`, checked against the typed schema below.
+"""Training configs: YAML data shipped in `ambsn_jax/configs/`, checked against the typed schema below.
 
 A config file may name a `base` config and give only what differs from it. Every value can
 be overridden from the command line as `--set section.key=value` (the value is parsed as
@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from ambsn_jax import family
+from ambsn_jax.nets import registry
 from ambsn_jax.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 RESOLVED_NAME = "config.yaml"
 
 
@@ -38,7 +38,7 @@ _Loader.add_implicit_resolver(
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    arch: str  # "ambsn", or a predecessor of `ambsn_jax.family` ("apbsn", "mmbsn")
+    arch: str  # a name of `ambsn_jax.nets.registry`: "ambsn", "apbsn", "mmbsn"
     base_ch: int  # network width C; the releases' is 128
     init: str | None  # fine-tune: start from this checkpoint (Orbax dir, workdir or .pth) of the same network
 
@@ -141,7 +141,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml_tree(name_or_path: str) -> dict[str, Any]:
-    """The raw config tree of `configs/<name>.yaml` (or a .yaml path), its bases merged under it."""
+    """The raw config tree of the shipped config `name` (or a .yaml path), its bases merged under it."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -224,10 +224,10 @@ def apply_overrides(tree: dict[str, Any], overrides: Iterable[tuple[list[str], A
     return tree
 
 
-def validate(cfg: Config) -> Config:
+def check_values(cfg: Config) -> Config:
     """Checks between values that the types alone do not catch."""
-    if cfg.model.arch not in family.ARCHITECTURES:
-        raise UserError(f"model.arch {cfg.model.arch!r}: must be one of {', '.join(family.ARCHITECTURES)}")
+    if cfg.model.arch not in registry.ARCHITECTURES:
+        raise UserError(f"model.arch {cfg.model.arch!r}: must be one of {', '.join(registry.ARCHITECTURES)}")
     if cfg.data.crop % cfg.train.pd:
         raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
     if cfg.data.dir is None:
@@ -245,7 +245,7 @@ def validate(cfg: Config) -> Config:
 def resolve(name: str, overrides: Iterable[tuple[list[str], Any]] = ()) -> Config:
     """The config `name` (see `load_yaml_tree`) with `overrides` applied, typed and checked."""
     tree = apply_overrides(load_yaml_tree(name), overrides)
-    return validate(_build(Config, tree, ""))
+    return check_values(_build(Config, tree, ""))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The training loop: data, state, resume, steps, validation, checkpoints, final evaluation.
 
 Every step directory of `<workdir>/checkpoints` holds the shared items `params` and `meta`
-(see `ambsn_jax.checkpoint`, so `evaluate.py --ckpt <workdir>` loads it) beside training's
-own: `opt_state`, `train` (step and RNG key) and `data` (the Grain iterator's position).
+(see `ambsn_jax.checkpoint.store`, so `evaluate.py --ckpt <workdir>` loads it) beside
+training's own (`store.TRAINING_ITEMS`: optimizer state, step and RNG key, and the Grain
+iterator's position).
 Rerunning the same command resumes from the latest step; given the seed, the resumed run's
 numbers are those of an uninterrupted one.
 """
@@ -12,27 +13,26 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from ambsn_jax import family
-from ambsn_jax.checkpoint import META, PARAMS, WORKDIR_CHECKPOINTS, best_metric, load_model, model_meta, params_dict
+from ambsn_jax import mesh as meshlib
+from ambsn_jax.checkpoint import store
+from ambsn_jax.checkpoint.meta import CheckpointMeta
 from ambsn_jax.data.demo import demo_root
 from ambsn_jax.data.pipeline import batch_iterator, training_batches
 from ambsn_jax.data.sidd import find_noisy_images, prepare_patches
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation import cli as evaluation_cli
 from ambsn_jax.evaluation import sidd as sidd_eval
-from ambsn_jax.inference import Denoiser, default_inference
-from ambsn_jax.train import mesh as meshlib
+from ambsn_jax.inference.denoiser import BatchDenoiser
+from ambsn_jax.inference.release import default_inference
+from ambsn_jax.nets import registry
 from ambsn_jax.train.config import Config, DataSection, save_resolved
 from ambsn_jax.train.step import (
     TrainState,
@@ -62,17 +62,24 @@ def validation_dir(cfg: Config) -> Path | None:
     return demo_root() if cfg.val.dir == "demo" else Path(cfg.val.dir)
 
 
-def initial_params(path: str, abstract_model: nnx.Module) -> dict:
-    """The parameters of checkpoint `path`, which must hold the network the config describes."""
-    model, meta = load_model(path)
-    want = {"arch": model_meta(abstract_model)["arch"], "config": abstract_model.config.to_dict()}
-    got = {"arch": meta["arch"], "config": meta["config"]}
+def initial_params(path: str, meta: CheckpointMeta) -> dict:
+    """The parameters of checkpoint `path`, which must hold the network `meta` describes."""
+    loaded = store.load_checkpoint(path)
+    want, got = (meta.arch, meta.config), (loaded.meta.arch, loaded.meta.config)
     if got != want:
         raise UserError(
-            f"{path}: holds {got['arch']} {got['config']}, the config trains {want['arch']} {want['config']}; "
+            f"{path}: holds {got[0]} {got[1]}, the config trains {want[0]} {want[1]}; "
             "set model.arch / model.base_ch to match (--set)"
         )
-    return params_dict(model)
+    return loaded.params
+
+
+def training_meta(cfg: Config) -> CheckpointMeta:
+    """The metadata of the run's checkpoints: the network, and the PD it trains with."""
+    config = registry.network_config(cfg.model.arch, {"base_ch": cfg.model.base_ch})
+    return CheckpointMeta.for_network(
+        cfg.model.arch, config, train_pd=cfg.train.pd, train_pd_pad=cfg.train.pd_pad, source=f"config {cfg.name}"
+    )
 
 
 def checkpoint_manager(workdir: Path, keep: int, track_best: bool) -> ocp.CheckpointManager:
@@ -80,18 +87,18 @@ def checkpoint_manager(workdir: Path, keep: int, track_best: bool) -> ocp.Checkp
     without one don't compete); `best_step()` then names that step."""
     options = ocp.CheckpointManagerOptions(
         # Orbax writes the metrics passed to save() only when it tracks a best.
-        best_fn=best_metric if track_best else None,
+        best_fn=store.best_metric if track_best else None,
         best_mode="max",
         preservation_policy=policies.AnyPreservationPolicy(
             [
                 policies.LatestN(keep),
-                policies.BestN(get_metric_fn=best_metric, n=1, keep_checkpoints_without_metrics=False),
+                policies.BestN(get_metric_fn=store.best_metric, n=1, keep_checkpoints_without_metrics=False),
             ]
         ),
         # A run killed mid-save leaves a temporary directory; the rerun clears it.
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(workdir / WORKDIR_CHECKPOINTS, options=options)
+    return ocp.CheckpointManager(workdir / store.WORKDIR_CHECKPOINTS, options=options)
 
 
 def _train_item(state: TrainState) -> dict[str, jax.Array]:
@@ -99,15 +106,14 @@ def _train_item(state: TrainState) -> dict[str, jax.Array]:
     return {"step": state.step, "rng": jax.random.key_data(state.rng)}
 
 
-def _save_args(state: TrainState, meta: dict[str, Any], data_iter: grain.DatasetIterator) -> ocp.args.Composite:
+def _save_args(state: TrainState, meta: CheckpointMeta, data_iter: grain.DatasetIterator) -> ocp.args.Composite:
     return ocp.args.Composite(
+        **store.save_args(state.params, meta),
         **{
-            PARAMS: ocp.args.StandardSave(state.params),
-            META: ocp.args.JsonSave(meta),
-            "opt_state": ocp.args.StandardSave(state.opt_state),
-            "train": ocp.args.StandardSave(_train_item(state)),
-            "data": grain.checkpoint.CheckpointSave(data_iter),
-        }
+            store.OPT_STATE: ocp.args.StandardSave(state.opt_state),
+            store.TRAIN: ocp.args.StandardSave(_train_item(state)),
+            store.DATA: grain.checkpoint.CheckpointSave(data_iter),
+        },
     )
 
 
@@ -120,16 +126,16 @@ def _restore(
         step,
         args=ocp.args.Composite(
             **{
-                PARAMS: ocp.args.StandardRestore(abstract(state.params)),
-                "opt_state": ocp.args.StandardRestore(abstract(state.opt_state)),
-                "train": ocp.args.StandardRestore(abstract(_train_item(state))),
-                "data": grain.checkpoint.CheckpointRestore(data_iter),
+                store.PARAMS: ocp.args.StandardRestore(abstract(state.params)),
+                store.OPT_STATE: ocp.args.StandardRestore(abstract(state.opt_state)),
+                store.TRAIN: ocp.args.StandardRestore(abstract(_train_item(state))),
+                store.DATA: grain.checkpoint.CheckpointRestore(data_iter),
             }
         ),
     )
-    train = restored["train"]
+    train = restored[store.TRAIN]
     rng = jax.random.wrap_key_data(train["rng"], impl=jax.random.key_impl(state.rng))
-    return TrainState(restored[PARAMS], restored["opt_state"], train["step"], rng)
+    return TrainState(restored[store.PARAMS], restored[store.OPT_STATE], train["step"], rng)
 
 
 def _step_of(line: str) -> float:
@@ -183,21 +189,20 @@ class RunLog:
             self.tb.close()
 
 
-def validate(
-    denoiser: Denoiser, graphdef: nnx.GraphDef, params: dict, val: tuple[np.ndarray, np.ndarray], cfg: Config
+def validation_scores(
+    denoiser: BatchDenoiser, params: dict, val: tuple[np.ndarray, np.ndarray], cfg: Config
 ) -> dict[str, float]:
     """Mean PSNR / SSIM of the validation subset under the release's full default inference."""
     # One host-local copy of the replicated parameters: validation runs on this host's first
     # device (every host computes the same scores, which each host's manager records).
     local = jax.tree.map(lambda a: a.addressable_data(0), params)
-    denoiser.state = nnx.state(nnx.merge(graphdef, local))
     noisy, clean = val
-    scores = sidd_eval.score_validation(denoiser, noisy, clean, cfg.seed, cfg.val.batch_size)
+    scores = sidd_eval.score_validation(denoiser.bind(local), noisy, clean, cfg.seed, cfg.val.batch_size)
     return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
 
 
 def train(cfg: Config, workdir: Path) -> int:
-    """Trains (or resumes) the run in `workdir`; returns the exit status of the final evaluation."""
+    """Trains (or resumes) the run in `workdir`, then scores its best checkpoint; returns the exit status."""
     workdir = workdir.absolute()
     lead = jax.process_index() == 0
     mesh = meshlib.make_mesh(cfg.train.batch_size)
@@ -215,23 +220,20 @@ def train(cfg: Config, workdir: Path) -> int:
     last_step = min(total_steps, cfg.train.max_steps or total_steps)
     save_every = cfg.checkpoint.every or steps_per_epoch
 
-    def new_model() -> nnx.Module:
-        return family.build(cfg.model.arch, {"base_ch": cfg.model.base_ch}, nnx.Rngs(cfg.seed))
-
-    abstract_model = nnx.eval_shape(new_model)
-    graphdef = nnx.graphdef(abstract_model)
-    init_params = initial_params(cfg.model.init, abstract_model) if cfg.model.init else None
-    meta = model_meta(abstract_model, trained_with=cfg.name)
+    meta = training_meta(cfg)
+    init_params = initial_params(cfg.model.init, meta) if cfg.model.init else None
+    graphdef = registry.graphdef(meta.arch, meta.config)
     schedule = lr_schedule(cfg.optim, steps_per_epoch)
     tx = optimizer(cfg.optim, schedule)
+    new_model = partial(registry.build, meta.arch, meta.config, cfg.seed)
     state = jax.jit(partial(init_state, new_model, tx, cfg.seed), out_shardings=meshlib.replicated(mesh))()
     if init_params is not None:
         # Adam's initial state holds zeros and a count, not the parameters' values, so only
         # the parameters change; a resumed run restores its own below.
         state = state._replace(params=jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params))
-    # One denoiser for the run, so that its compiled inference is reused: it holds shapes only
-    # until `validate` swaps in the current parameters.
-    denoiser = Denoiser(abstract_model, default_inference(meta))
+    # One compiled inference for the run: each validation binds the current parameters to it.
+    inference = default_inference(meta)
+    denoiser = BatchDenoiser(meta.arch, meta.config, inference)
 
     batches = training_batches(
         paths,
@@ -262,7 +264,7 @@ def train(cfg: Config, workdir: Path) -> int:
         log = RunLog(workdir, start, last_step, lead)
 
         def next_batch() -> jax.Array:
-            return meshlib.global_batch(next(data_iter), mesh)
+            return meshlib.shard_batch(next(data_iter), mesh)
 
         try:
             batch = next_batch() if start < last_step else None
@@ -278,7 +280,7 @@ def train(cfg: Config, workdir: Path) -> int:
                     log.write(step, values, "train")
                     log.progress(step, values)
                 if checkpoint_now:
-                    scores = validate(denoiser, graphdef, state.params, val, cfg) if val else None
+                    scores = validation_scores(denoiser, state.params, val, cfg) if val else None
                     if scores:
                         log.write(step, scores, "val")
                     mngr.save(step, args=_save_args(state, meta, data_iter), metrics=scores)
@@ -289,8 +291,32 @@ def train(cfg: Config, workdir: Path) -> int:
             log.close()
             data_iter.close()
 
-    if val_dir is None or not lead:
+    if not lead:
+        return 0
+    early = last_step < total_steps
+    if val_dir is None:
+        _say_where(workdir, last_step, total_steps)
+        print(
+            "no validation set was given, so no checkpoint was scored and the latest is kept as the result; "
+            "to score during training, add --set val.dir=<folder of SIDD validation .mat files>"
+        )
         return 0
     # The final score is evaluate.py's own report on the best (else latest) checkpoint.
-    argv = ["--ckpt", str(workdir), "--sidd-val", str(val_dir), "--json", str(workdir / EVAL_FILE)]
-    return evaluation_cli.main([*argv, "--seed", str(cfg.seed), "--batch", str(cfg.val.batch_size)])
+    best = store.load_checkpoint(workdir)
+    report = sidd_eval.evaluate_validation(best, val_dir, inference, cfg.seed, cfg.val.batch_size, denoiser=denoiser)
+    report["training"] = {"steps": last_step, "of_steps": total_steps, "stopped_early": early}
+    sidd_eval.write_json(workdir / EVAL_FILE, report)
+    print(f"step {best.step} (best by validation PSNR): {sidd_eval.summary_line(report)}")
+    _say_where(workdir, last_step, total_steps)
+    return 0
+
+
+def _say_where(workdir: Path, last_step: int, total_steps: int) -> None:
+    """The closing lines: how far the run got, where its results are and how to use them."""
+    if last_step < total_steps:
+        print(
+            f"stopped early at step {last_step} of {total_steps} (--max-steps): the weights and any score are "
+            "those of a run cut short; rerun without --max-steps to finish it"
+        )
+    print(f"checkpoints: {workdir / store.WORKDIR_CHECKPOINTS}; logs: {workdir / METRICS_FILE}, {workdir / 'tb'}")
+    print(f"use them: python evaluate.py --ckpt {workdir} --input PHOTOS --output OUT")

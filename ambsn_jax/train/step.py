@@ -1,4 +1,4 @@
-"""The self-supervised objective, the optimizer, and the jitted training step (spec §6).
+"""The self-supervised objective, the optimizer, and the jitted training step (docs/release.md, "Training").
 
 Everything here is a pure function of its arguments: the network's structure (an NNX
 GraphDef) and the optimizer are bound with `partial` before `jax.jit`, and the parameters
@@ -8,18 +8,17 @@ travel as a plain dict, the same tree that the checkpoint's `params` item holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ambsn_jax.checkpoint import params_dict
-from ambsn_jax.inference import pd_forward
+from ambsn_jax.checkpoint.store import Params, params_of
+from ambsn_jax.inference.release import pd_forward
 from ambsn_jax.train.config import OptimSection, TrainSection
 
-Params = dict[str, Any]
 
 
 class TrainState(NamedTuple):
@@ -33,7 +32,7 @@ def init_state(new_model: Callable[[], nnx.Module], tx: optax.GradientTransforma
     """The state before the first step. Jit it with replicated output shardings: every device
     then builds its own copy, which also works across hosts, where `device_put` cannot place
     one host's arrays on the others' devices."""
-    params = params_dict(new_model())
+    params = params_of(new_model())
     return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(seed))
 
 

@@ -1,6 +1,7 @@
-"""`train.py` / `ambsn-train`: self-supervised AM-BSN training on every device, resumable.
+"""`train.py` / `ambsn-train`: self-supervised training of any network of the family on every
+device, resumable.
 
-Exit status: 0 done, 2 bad input (one `error:` line, see `ambsn_jax.cli.run_cli`).
+Exit status: 0 done, 2 bad input (one `error:` line, see `ambsn_jax.cli.common.run_cli`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ambsn_jax.cli import ArgumentParser, run_cli
-from ambsn_jax.train import config as configlib
-from ambsn_jax.train.loop import train
-from ambsn_jax.train.mesh import maybe_initialize_distributed
+from ambsn_jax.cli.common import ArgumentParser, enable_compilation_cache, run_cli
 
 # Command-line flag -> the config key it sets.
 _FLAG_KEYS = {"data_dir": "data.dir", "init": "model.init", "seed": "seed", "max_steps": "train.max_steps", "save_every": "checkpoint.every"}
@@ -22,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         description="Train AM-BSN on noisy images alone. Rerunning the same command resumes the run in its workdir."
     )
-    p.add_argument("--config", default="sidd", help="configs/NAME.yaml or a .yaml path (default: sidd)")
+    p.add_argument("--config", default="sidd", help="a config shipped in ambsn_jax/configs (demo, sidd, ...) or a .yaml path (default: sidd)")
     p.add_argument("--data-dir", help='SIDD_Medium_Srgb, any folder of noisy images, or "demo"')
     p.add_argument("--workdir", type=Path, help="checkpoints, logs and eval.json (default: runs/CONFIG)")
     p.add_argument("--seed", type=int)
@@ -36,11 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported once the arguments parse: JAX and the package take seconds to import.
+    from ambsn_jax.mesh import maybe_initialize_distributed
+    from ambsn_jax.train import config as configlib
+    from ambsn_jax.train.loop import train
+
     overrides = [(key.split("."), getattr(args, flag)) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None]
     overrides += [configlib.parse_override(item) for item in args.overrides]
     cfg = configlib.resolve(args.config, overrides)
     # Before anything touches a device: joining a multi-host run must come first.
     maybe_initialize_distributed()
+    enable_compilation_cache()
     return train(cfg, args.workdir or Path("runs") / cfg.name)
 
 

@@ -1,36 +1,19 @@
-"""The AM-BSN blind-spot network in Flax NNX (spec: `../shared/spec/AMBSN.md` §1).
+"""The blocks the blind-spot networks of the family are made of (docs/release.md, "Networks").
 
-Layout is NHWC; images are float32 on the 0..255 scale. Module and attribute names follow
-the release where they can, so that `convert/torch2flax.py` maps keys one to one.
+Layout is NHWC; images are float32 on the 0..255 scale. Attribute names follow the releases'
+module names where they can, so that each network's key map reads one to one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ambsn_jax.conv import conv_general_dilated
-from ambsn_jax.masks import blind_spot_mask
-
-
-@dataclasses.dataclass(frozen=True)
-class AMBSNConfig:
-    """Architecture of the network; the defaults are the release's."""
-
-    in_ch: int = 3
-    out_ch: int = 3
-    base_ch: int = 128
-    dcl1_num: int = 2  # DCl blocks in each DCB1 body
-    dcl2_num: int = 7  # DCl blocks in each DCB2
-    local_mask: str = "central"  # 3x3 masked conv of the local branch
-    global_mask: str = "x"  # 5x5 masked conv of the global branch
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from ambsn_jax.nets.masks import blind_spot_mask
+from ambsn_jax.ops.conv import conv_general_dilated
 
 
 def _torch_default_init(fan_in: int) -> nnx.Initializer:
@@ -93,10 +76,13 @@ def conv(
 
 
 class DCl(nnx.Module):
-    """Dilated residual block: x + 1x1(ReLU(3x3 conv, dilation s))."""
+    """Dilated residual block: x + 1x1(ReLU(3x3 conv of dilation `dilation`)).
 
-    def __init__(self, ch: int, stride: int, *, rngs: nnx.Rngs):
-        self.dilated = conv(ch, ch, 3, dilation=stride, rngs=rngs)
+    The releases call the dilation `stride`; it is the blind spot's reach, not a stride.
+    """
+
+    def __init__(self, ch: int, dilation: int, *, rngs: nnx.Rngs):
+        self.dilated = conv(ch, ch, 3, dilation=dilation, rngs=rngs)
         self.pointwise = conv(ch, ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,13 +97,13 @@ class DCB1(nnx.Module):
     """
 
     def __init__(
-        self, ch: int, stride: int, mask: str, k: int, num_dcl: int, *, rngs: nnx.Rngs
+        self, ch: int, dilation: int, mask: str, k: int, num_dcl: int, *, rngs: nnx.Rngs
     ):
         self.masked = conv(ch, ch, k, mask=mask, rngs=rngs)
         self.head1 = conv(ch, ch, rngs=rngs)
         self.head2 = conv(ch, ch, rngs=rngs)
         self.conv1_1 = conv(ch, ch, rngs=rngs)
-        self.body = nnx.List([DCl(ch, stride, rngs=rngs) for _ in range(num_dcl)])
+        self.body = nnx.List([DCl(ch, dilation, rngs=rngs) for _ in range(num_dcl)])
         self.body_out = conv(ch, ch, rngs=rngs)
         self.conv1_3 = conv(2 * ch, ch, rngs=rngs)
 
@@ -136,8 +122,8 @@ class DCB1(nnx.Module):
 class DCB2(nnx.Module):
     """Second-stage branch: `num_dcl` dilated residual blocks, then 1x1 + ReLU."""
 
-    def __init__(self, ch: int, stride: int, num_dcl: int, *, rngs: nnx.Rngs):
-        self.body = nnx.List([DCl(ch, stride, rngs=rngs) for _ in range(num_dcl)])
+    def __init__(self, ch: int, dilation: int, num_dcl: int, *, rngs: nnx.Rngs):
+        self.body = nnx.List([DCl(ch, dilation, rngs=rngs) for _ in range(num_dcl)])
         self.out = conv(ch, ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -159,29 +145,3 @@ class Tail(nnx.Module):
         for layer in self.layers[:-1]:
             x = jax.nn.relu(layer(x))
         return self.layers[-1](x)
-
-
-class AMBSN(nnx.Module):
-    """Dual-branch blind-spot network: 3x3 centre-masked local branch, 5x5 X-masked global."""
-
-    def __init__(self, config: AMBSNConfig = AMBSNConfig(), *, rngs: nnx.Rngs):
-        c = config.base_ch
-        self.config = config
-        self.head = conv(config.in_ch, c, rngs=rngs)
-        self.branch_local = DCB1(c, 2, config.local_mask, 3, config.dcl1_num, rngs=rngs)
-        self.branch_global = DCB1(c, 3, config.global_mask, 5, config.dcl1_num, rngs=rngs)
-        # The release's conv2_1 and conv2_2 are one module: one parameter, applied twice.
-        self.conv2 = conv(c, c, rngs=rngs)
-        self.dcb2_local = DCB2(c, 2, config.dcl2_num, rngs=rngs)
-        self.dcb2_global = DCB2(c, 3, config.dcl2_num, rngs=rngs)
-        self.tail = Tail(4 * c, c, config.out_ch, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        relu = jax.nn.relu
-        h = relu(self.head(x))
-        local_fm, local_cat = self.branch_local(h)
-        global_fm, global_cat = self.branch_global(h)
-        g_local = self.dcb2_local(relu(self.conv2(local_cat)))
-        g_global = self.dcb2_global(relu(self.conv2(global_cat)))
-        # Channel order of the release's concatenation: global before local in the second half.
-        return self.tail(jnp.concatenate([local_fm, global_fm, g_global, g_local], axis=-1))

@@ -1,17 +1,15 @@
 """PyTorch reference of the AM-BSN, AP-BSN and MM-BSN releases: module names, forward, PD, TTA, R3.
 
-Written from `../shared/spec/AMBSN.md` and `APBSN_MMBSN.md` so that `load_state_dict(strict=True)`
+Written from what the releases compute (docs/release.md) so that `load_state_dict(strict=True)`
 takes an official state dict of each and the numbers are the releases'. It is the yardstick of
-the JAX port (tests, `torch2flax.py` verification, `bench/`), not part of the JAX package; it
-needs torch. The releases' bugs are kept here on purpose (R3 with TTA off returns the padded
+the JAX port (tests, the converters' verification, `bench/`) and needs torch, so nothing of the
+JAX side imports it except to verify. The releases' bugs are kept here on purpose (R3 with TTA off returns the padded
 size; TTA crashes on odd sizes; MM-BSN's "c" and "r" get centre masks): the port fixes the
 first two and the tests compare on sizes where both agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -234,14 +232,6 @@ class MMBSN(nn.Module):
         return self.tail(torch.cat([*e, m3, m5], dim=1))
 
 
-def release_bsn(arch: str, config: Mapping[str, Any]) -> nn.Module:
-    """The release network of `arch` ("ambsn", "apbsn", "mmbsn") for a Flax config's `to_dict()`."""
-    if arch == "ambsn":
-        # The AM-BSN release hard-codes its blocks and masks: only the widths are arguments.
-        return AMBSN(config["in_ch"], config["out_ch"], config["base_ch"])
-    return {"apbsn": DBSNl, "mmbsn": MMBSN}[arch](**config)
-
-
 def pixel_shuffle_down_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Tensor:
     b, c, h, w = x.shape
     unshuffled = F.pixel_unshuffle(x, f)
@@ -264,7 +254,7 @@ def pixel_shuffle_up_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Te
     return F.pixel_shuffle(before, f)
 
 
-class Denoiser(nn.Module):
+class ReleaseDenoiser(nn.Module):
     """The release's wrapper (`model_weight['denoiser']`): PD forward and `denoise`.
 
     It holds AM-BSN of width `base_ch`, or the network `bsn`. With `tta=False` it is AP-BSN's

@@ -1,5 +1,6 @@
 """What every command-line tool does: user errors as one `error:` line, no traceback; compiled
-programs kept on disk."""
+programs kept on disk. Nothing here imports JAX before the arguments are parsed, so `--help`
+and argument errors answer at once."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import jax
 
 from ambsn_jax.errors import UserError
 
@@ -25,7 +24,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)`; a UserError becomes `error: <message>` on stderr and exit status 2."""
-    enable_compilation_cache()
     # Orbax logs routine notices (e.g. "Given directory is read only") as absl warnings on
     # stderr, which would bury the one `error:` line of a refusal.
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -42,8 +40,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
 def enable_compilation_cache() -> None:
     """Keep compiled programs on disk, so that a rerun skips compiling (2-10 s a network shape
     on a CPU, `bench/NOTES.md`). One cache per machine: XLA:CPU programs are native code for the
-    CPU that compiled them. JAX_COMPILATION_CACHE_DIR, when set, decides instead (empty: off)."""
+    CPU that compiled them. JAX_COMPILATION_CACHE_DIR, when set, decides instead (empty: off).
+    Commands call it once their arguments are parsed."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
+    import jax
+
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     jax.config.update("jax_compilation_cache_dir", str(root / "ambsn_jax" / "xla" / platform.node()))

@@ -1,31 +1,20 @@
 """`evaluate.py` / `ambsn-evaluate`: SIDD scores, benchmark submissions, denoising image files.
 
 Exit status: 0 done, 1 some images of a folder failed (the others are written), 2 bad input
-(one `error:` line, see `ambsn_jax.cli.run_cli`).
+(one `error:` line, see `ambsn_jax.cli.common.run_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ambsn_jax.checkpoint import load_model
-from ambsn_jax.cli import ArgumentParser, run_cli
-from ambsn_jax.data.demo import demo_root
-from ambsn_jax.data.images import list_images
+from ambsn_jax.cli.common import ArgumentParser, enable_compilation_cache, run_cli
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation import dnd, folder, sidd, submission
-from ambsn_jax.evaluation.common import checkpoint_sha256
-from ambsn_jax.files import atomic_path
-from ambsn_jax.inference import Denoiser, default_inference
-
-# Shipped with the package once trained; used when --ckpt is left out.
-DEFAULT_CKPT = Path(__file__).resolve().parent.parent / "assets" / "demo_ckpt"
+from ambsn_jax.ops.windows import Tiling
 
 # Dataset option -> the output option it needs.
 _OUTPUT_OF = {"sidd_bench": "submission", "input": "output", "dnd": "submission_dir"}
@@ -50,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "embedded demo set), SIDD / DND benchmark submissions, or denoised image files."
     )
     data = p.add_argument_group("what to run on (one of; default: the embedded demo validation set)")
-    data.add_argument("--sidd-val", type=Path, metavar="DIR", help="folder of Validation*BlocksSrgb.mat")
+    data.add_argument("--sidd-val", type=Path, metavar="DIR", help="folder of ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat")
     data.add_argument("--sidd-bench", type=Path, metavar="DIR", help="folder of BenchmarkNoisyBlocksSrgb.mat")
     data.add_argument("--input", type=Path, metavar="PATH", help="an image, or a folder of PNG/JPEG/TIFF/BMP")
     data.add_argument("--dnd", type=Path, metavar="DIR", help="DND sRGB folder (info.mat, images_srgb/)")
@@ -68,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf = p.add_argument_group("model and inference")
     inf.add_argument(
         "--ckpt", type=Path, metavar="CKPT",
-        help="Orbax checkpoint directory or release .pth (default: the shipped demo checkpoint, "
-        "ambsn_jax/assets/demo_ckpt)",
+        help="Orbax checkpoint directory, training workdir or release .pth (default: the shipped demo "
+        "weights, a narrow AM-BSN trained on the synthetic demo noise)",
     )  # fmt: skip
     inf.add_argument(
         "--no-tta", action="store_true",
@@ -85,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
         help="R3 randomness; an item's draws depend only on this and its index (default 0)",
     )  # fmt: skip
-    inf.add_argument("--batch", type=_int_in(1), default=4, metavar="N", help="blocks / tiles per call (%(default)s)")
-    inf.add_argument("--tile", type=_int_in(1), default=512, metavar="PX", help="images, DND: tile side (%(default)s)")
-    inf.add_argument("--overlap", type=_int_in(0), default=64, metavar="PX", help="images, DND: tile overlap (%(default)s)")
+    inf.add_argument("--batch", type=_int_in(1), default=Tiling.batch, metavar="N", help="blocks / tiles per call (%(default)s)")
+    inf.add_argument("--tile", type=_int_in(1), default=Tiling.tile, metavar="PX", help="images, DND: tile side (%(default)s)")
+    inf.add_argument("--overlap", type=_int_in(0), default=Tiling.overlap, metavar="PX", help="images, DND: tile overlap (%(default)s)")
     return p
 
 
@@ -116,66 +105,82 @@ def _mode(args: argparse.Namespace) -> str:
             raise UserError(f"{_flag(option)} applies to validation (--sidd-val or the demo set) only")
     if args.overlap >= args.tile:
         raise UserError(f"--overlap {args.overlap}: must be below --tile {args.tile}")
+    for option in ("output", "submission_dir"):
+        target = getattr(args, option)
+        if target is not None and target.exists() and not target.is_dir():
+            raise UserError(f"{_flag(option)} {target}: is a file; {_flag(option)} must be a folder (it is made if missing)")
     return mode
 
 
-def _checkpoint(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    if not DEFAULT_CKPT.exists():
-        raise UserError(
-            "no --ckpt given and no demo checkpoint is shipped; pass --ckpt CKPT (Orbax directory or .pth)"
-        )
-    return DEFAULT_CKPT
+def _checkpoint(args: argparse.Namespace):
+    """The weights the run uses, said once on stderr (with a warning for the demo weights)."""
+    from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
 
-
-def _denoiser(args: argparse.Namespace) -> tuple[Denoiser, Path]:
-    ckpt = _checkpoint(args.ckpt)
-    model, meta = load_model(ckpt)
-    release = default_inference(meta)
-    cfg = dataclasses.replace(
-        release, tta=release.tta and not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble,
-        bf16=args.bf16,
-    )
-    return Denoiser(model, cfg), ckpt
-
-
-def _validate(args: argparse.Namespace, root: Path) -> int:
-    # Data before the model: a wrong path fails at once, not after loading a checkpoint.
-    noisy, clean = sidd.load_validation(root)
-    denoiser, ckpt = _denoiser(args)
-    scores = sidd.score_validation(denoiser, noisy, clean, args.seed, args.batch, args.limit)
-    options: dict[str, Any] = {
-        "dataset": str(root),
-        **{k: getattr(args, k) for k in ("seed", "batch", "limit", "self_ensemble", "bf16")},
-        "tta": denoiser.cfg.tta,
-        "r3": denoiser.cfg.r3,
-    }
-    checkpoint = {"path": str(ckpt), "sha256": checkpoint_sha256(ckpt)}
-    report = {**scores, "options": options, "checkpoint": checkpoint}
-    t = scores["timing"]
+    checkpoint = load_checkpoint(args.ckpt or DEMO_CHECKPOINT)
+    step = "" if checkpoint.step is None else f", step {checkpoint.step}"
+    config = checkpoint.meta.network_config()
     print(
-        f"{len(scores['blocks'])} blocks of {root}: PSNR {scores['psnr']:.2f} dB, "
-        f"SSIM {scores['ssim']:.4f} (noisy input {scores['noisy_psnr']:.2f} dB, {scores['noisy_ssim']:.4f}); "
-        f"compile {t['compile_s']:.1f} s, {t['per_block_s']:.3f} s/block"
+        f"weights: {checkpoint.path}{step} ({checkpoint.meta.architecture.display_name}, C={config.base_ch})",
+        file=sys.stderr,
     )
+    if args.ckpt is None:
+        print(
+            "note: no --ckpt given, so these are the shipped demo weights: a narrow network trained on the "
+            "synthetic demo noise, which smooths real photos and shifts their colours. For real images, convert "
+            "the official weights (README, 'Official weights') and pass --ckpt.",
+            file=sys.stderr,
+        )
+    return checkpoint
+
+
+def _denoiser(args: argparse.Namespace, checkpoint: Any):
+    """The compiled inference the switches ask for, bound to the checkpoint's parameters."""
+    from ambsn_jax.inference.denoiser import BatchDenoiser
+
+    cfg = _inference_config(args, checkpoint)
+    return BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg).bind(checkpoint.params)
+
+
+def _inference_config(args: argparse.Namespace, checkpoint: Any):
+    from ambsn_jax.inference.release import default_inference
+
+    return default_inference(
+        checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble, bf16=args.bf16
+    )
+
+
+def _tiling(args: argparse.Namespace) -> Tiling:
+    return Tiling(tile=args.tile, overlap=args.overlap, batch=args.batch)
+
+
+def _validate(args: argparse.Namespace, root: Path | None) -> int:
+    from ambsn_jax.data.demo import demo_root
+    from ambsn_jax.evaluation import sidd
+
+    root = demo_root() if root is None else root
+    sidd.load_validation(root)  # a wrong folder fails at once, not after loading a checkpoint
+    checkpoint = _checkpoint(args)
+    report = sidd.evaluate_validation(checkpoint, root, _inference_config(args, checkpoint), args.seed, args.batch, args.limit)
+    print(sidd.summary_line(report))
     if args.json is not None:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        sidd.write_json(args.json, report)
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
+    from ambsn_jax.evaluation import sidd, submission
+
     submission.check_suffix(args.submission)  # before hours of denoising, not after
     noisy = sidd.load_benchmark(args.sidd_bench)
-    denoiser, _ = _denoiser(args)
-    denoised = sidd.denoise_benchmark(denoiser, noisy, args.seed, args.batch)
+    denoised = sidd.denoise_benchmark(_denoiser(args, _checkpoint(args)), noisy, args.seed, args.batch)
     submission.write_submission(args.submission, denoised)
     print(f"wrote {args.submission}: {noisy.shape[0] * noisy.shape[1]} blocks")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
+    from ambsn_jax.evaluation import sidd, submission
+
     shape = sidd.load_benchmark(args.sidd_bench).shape
     submission.read_submission(args.check_submission, shape)
     block = "x".join(map(str, shape[2:]))
@@ -184,9 +189,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    from ambsn_jax.data.images import list_images
+    from ambsn_jax.evaluation import folder
+
     outputs = folder.output_paths(list_images(args.input), args.output)
-    denoiser, _ = _denoiser(args)
-    failures = folder.denoise_files(denoiser, outputs, args.seed, args.tile, args.overlap, args.batch)
+    denoiser = _denoiser(args, _checkpoint(args))
+    failures = folder.denoise_files(denoiser, outputs, args.seed, _tiling(args))
     print(f"wrote {len(outputs) - len(failures)} of {len(outputs)} images to {args.output}")
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -194,10 +202,12 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _dnd(args: argparse.Namespace) -> int:
+    from ambsn_jax.evaluation import dnd
+
     boxes = dnd.read_boxes(args.dnd)  # before the model loads: a wrong folder fails at once
-    denoiser, _ = _denoiser(args)
+    denoiser = _denoiser(args, _checkpoint(args))
     out = args.submission_dir
-    dnd.denoise_dnd(denoiser, args.dnd, boxes, out, args.seed, args.tile, args.overlap, args.batch)
+    dnd.denoise_dnd(denoiser, args.dnd, boxes, out, args.seed, _tiling(args))
     print(f"wrote {sum(map(len, boxes))} boxes to {out}; upload {out / 'bundled'}")
     return 0
 
@@ -205,8 +215,9 @@ def _dnd(args: argparse.Namespace) -> int:
 def _evaluate(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     mode = _mode(args)
+    enable_compilation_cache()
     if mode in ("demo", "sidd_val"):
-        return _validate(args, demo_root() if mode == "demo" else args.sidd_val)
+        return _validate(args, args.sidd_val)
     run = {"sidd_bench": _benchmark, "check": _check, "input": _images, "dnd": _dnd}[mode]
     return run(args)
 

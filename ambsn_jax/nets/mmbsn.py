@@ -1,67 +1,22 @@
-"""AM-BSN's predecessors, AP-BSN and MM-BSN, built from AM-BSN's blocks (spec: `../shared/spec/APBSN_MMBSN.md`).
+"""MM-BSN's multi-mask network, built from AM-BSN's blocks, and how its release maps onto it.
 
-Attribute names follow the releases' module names (`branch1`, `branch6_2`, ...) so that
-`torch_port` maps their checkpoints one to one. `ARCHITECTURES` names every network of the
-family as checkpoint metadata records it.
+Attribute names follow the release's module names (`branch6_2`, ...) so that the key map
+reads one to one (docs/release.md, "MM-BSN").
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import re
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ambsn_jax.model import AMBSN, DCB1, DCB2, AMBSNConfig, Tail, conv
-
-
-@dataclasses.dataclass(frozen=True)
-class APBSNConfig:
-    """AP-BSN's network ("DBSNl"); the defaults are the release's."""
-
-    in_ch: int = 3
-    out_ch: int = 3
-    base_ch: int = 128
-    num_module: int = 9  # DCl blocks in each branch (the release's bsn_num_module)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-class DBSNBranch(nnx.Module):
-    """AP-BSN's branch: centre-masked (2s-1)x(2s-1) conv and two 1x1 (each + ReLU), then a DCB2.
-
-    The release holds it all in one Sequential `body`; the attribute names here are those of
-    `DCB1`'s head, and `torch_port` maps the Sequential's indices onto them.
-    """
-
-    def __init__(self, ch: int, stride: int, num_dcl: int, *, rngs: nnx.Rngs):
-        self.masked = conv(ch, ch, 2 * stride - 1, mask="central", rngs=rngs)
-        self.head1 = conv(ch, ch, rngs=rngs)
-        self.head2 = conv(ch, ch, rngs=rngs)
-        self.body = DCB2(ch, stride, num_dcl, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        relu = jax.nn.relu
-        return self.body(relu(self.head2(relu(self.head1(relu(self.masked(x)))))))
-
-
-class APBSN(nnx.Module):
-    """AP-BSN: two centre-masked branches (3x3 with dilation 2, 5x5 with dilation 3), one tail."""
-
-    def __init__(self, config: APBSNConfig = APBSNConfig(), *, rngs: nnx.Rngs):
-        c = config.base_ch
-        self.config = config
-        self.head = conv(config.in_ch, c, rngs=rngs)
-        self.branch1 = DBSNBranch(c, 2, config.num_module, rngs=rngs)
-        self.branch2 = DBSNBranch(c, 3, config.num_module, rngs=rngs)
-        self.tail = Tail(2 * c, c, config.out_ch, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.relu(self.head(x))
-        return self.tail(jnp.concatenate([self.branch1(h), self.branch2(h)], axis=-1))
+from ambsn_jax.convert import keymap as km
+from ambsn_jax.errors import UserError
+from ambsn_jax.nets.architecture import Architecture
+from ambsn_jax.nets.blocks import DCB1, DCB2, Tail, conv
 
 
 # MM-BSN's mask kinds in the order its release visits their branches (which fixes the channel
@@ -156,24 +111,60 @@ class MMBSN(nnx.Module):
         return self.tail(jnp.concatenate([*fms, m3, m5], axis=-1))
 
 
-Model = AMBSN | APBSN | MMBSN
-ModelConfig = AMBSNConfig | APBSNConfig | MMBSNConfig
-
-# Architecture name, as checkpoint metadata and `convert/torch2flax.py --arch` spell it ->
-# the network and its config.
-ARCHITECTURES: dict[str, tuple[type[nnx.Module], type]] = {
-    "ambsn": (AMBSN, AMBSNConfig),
-    "apbsn": (APBSN, APBSNConfig),
-    "mmbsn": (MMBSN, MMBSNConfig),
-}
+_KIND_OF_NUMBER = {n: kind for kind, (n, _) in MM_KINDS.items()}
 
 
-def arch_of(config: ModelConfig) -> str:
-    """The architecture name of a network config."""
-    return next(name for name, (_, cls) in ARCHITECTURES.items() if isinstance(config, cls))
+def config_from_state_dict(sd: km.StateDict) -> MMBSNConfig:
+    numbers = {int(m.group(1)) for k in sd if (m := re.match(r"branch(\d+)_[12]\.", k))}
+    # A branch number of no kind is left out here and its keys are refused as unexpected.
+    present = {_KIND_OF_NUMBER[n] for n in numbers if n in _KIND_OF_NUMBER}
+    if not present:
+        raise UserError("state dict has no MM-BSN branch (branchN_1 / branchN_2)")
+    dcl1 = km.count_blocks(sd, r"branch\d+_[12]\.body\.(\d+)\.body\..+")
+    dcl2 = km.count_blocks(sd, r"dc_branchl2_mask3\.body\.(\d+)\.body\..+")
+    # Written in branch order; the network does not depend on the order anyway.
+    mask_type = "_".join(kind for kind in MM_KINDS if kind in present)
+    return MMBSNConfig(**km.widths(sd, "MM-BSN"), dcl1_num=dcl1 or 2, dcl2_num=dcl2 or 7, mask_type=mask_type)
 
 
-def build(arch: str, config: dict[str, Any], rngs: nnx.Rngs) -> Model:
-    """A freshly initialised network `arch` of config `config` (a `to_dict()`; missing keys: defaults)."""
-    model_cls, config_cls = ARCHITECTURES[arch]
-    return model_cls(config_cls(**config), rngs=rngs)
+def key_map(cfg: MMBSNConfig) -> km.KeyMap:
+    names = km.head_tail_names()
+    for kind in cfg.kinds():
+        for br in mm_branch_names(kind):
+            names |= km.dcb1_names(br, (br,), cfg.dcl1_num)
+    names |= km.conv_names("conv2_1.0", ("conv2",))
+    names |= km.conv_names("conv2_2.0", ("conv2",))
+    for size in ("mask3", "mask5"):
+        names |= km.dcb2_names(f"dc_branchl2_{size}.body", (f"dcb2_{size}",), cfg.dcl2_num)
+    return names
+
+
+def mask_map(cfg: MMBSNConfig) -> km.MaskMap:
+    masks: km.MaskMap = {}
+    for kind in cfg.kinds():
+        name3, name5 = mm_branch_names(kind)
+        pattern = MM_KINDS[kind][1]
+        masks |= km.mask_entry(f"{name3}.head.0", (name3, "masked"), pattern, 3)
+        masks |= km.mask_entry(f"{name5}.head.0", (name5, "masked"), pattern, 5)
+    return masks
+
+
+def reference(cfg: MMBSNConfig):
+    """The release's PyTorch `bsn` of this config."""
+    from ambsn_jax.convert import reference as ref
+
+    return ref.MMBSN(**cfg.to_dict())
+
+
+ARCHITECTURE = Architecture(
+    name="mmbsn",
+    display_name="MM-BSN",
+    network=MMBSN,
+    config=MMBSNConfig,
+    signature=r"branch\d+_[12]\..+",
+    config_from_state_dict=config_from_state_dict,
+    key_map=key_map,
+    mask_map=mask_map,
+    reference=reference,
+    release_tta=False,
+)

@@ -58,6 +58,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+def shard_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """This host's rows of the batch -> one global array split over the `data` axis."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)

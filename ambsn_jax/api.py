@@ -1,0 +1,93 @@
+"""The library entry points: `denoise` one image, or `load` a checkpoint once for many.
+
+With the same checkpoint, switches and seed, they give the pixels that
+`evaluate.py --input IMAGE --output DIR` writes for that image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
+from ambsn_jax.data.images import from_network, to_network
+from ambsn_jax.errors import UserError
+from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.inference.denoiser import BatchDenoiser
+from ambsn_jax.inference.release import InferenceConfig, default_inference
+from ambsn_jax.inference.tiling import denoise_image
+from ambsn_jax.ops.windows import Tiling
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDenoiser:
+    """A checkpoint's network with the release's inference, compiled once per image shape.
+
+    `denoiser(image)` takes a gray (H, W) or colour (H, W, 3|4) array of uint8, uint16 or
+    float and returns the denoised array of the same shape and dtype (alpha unchanged).
+    Floats are read as 0..1, or 0..255 with `float_max=255`; integers keep their full range.
+    """
+
+    checkpoint: Checkpoint
+    cfg: InferenceConfig
+    tiling: Tiling
+    _denoiser: BatchDenoiser = dataclasses.field(repr=False)
+
+    def __call__(self, image: np.ndarray, seed: int = 0, index: int = 0, float_max: float = 1.0) -> np.ndarray:
+        """`image` denoised. Its R3 randomness comes from `seed` and `index` alone: the command
+        line draws image i of a folder (sorted by name) from index i, and a single file from 0."""
+        image = np.asarray(image)
+        samples, scale = _as_samples(image, float_max)
+        rgb, info = to_network(samples, "the array")
+        key = item_keys(seed, [index])[0]
+        out = denoise_image(self._denoiser.bind(self.checkpoint.params), rgb, key, self.tiling)
+        if scale is None:
+            return from_network(out, info)
+        # Floats keep the network's unrounded output, on their own scale.
+        values = np.clip(out, 0.0, 255.0) * np.float32(scale / 255.0)
+        values = values.mean(axis=2) if info.mode == "gray" else values
+        if info.mode == "rgba":
+            values = np.dstack([values, image[:, :, 3]])
+        return values.reshape(image.shape).astype(image.dtype)
+
+
+def _as_samples(image: np.ndarray, float_max: float) -> tuple[np.ndarray, float | None]:
+    """Integer samples as they are; floats, checked to lie in 0..float_max, as 16-bit samples
+    (the finest depth the network's input takes) plus the scale to return them to."""
+    if image.dtype in (np.uint8, np.uint16):
+        return image, None
+    if not np.issubdtype(image.dtype, np.floating):
+        raise UserError(f"the array is {image.dtype}; pass uint8, uint16 or float (0..1, or 0..255 with float_max=255)")
+    if float_max not in (1.0, 255.0):
+        raise UserError(f"float_max={float_max}: must be 1 (floats in 0..1) or 255 (floats in 0..255)")
+    low, high = (float(np.nanmin(image)), float(np.nanmax(image))) if image.size else (0.0, 0.0)
+    if not (np.isfinite(image).all() and low >= 0.0 and high <= float_max):
+        hint = " (values above 1: pass float_max=255 for 0..255 floats)" if float_max == 1.0 and high <= 255 else ""
+        raise UserError(f"the float array spans {low:g}..{high:g}, not 0..{float_max:g}{hint}")
+    return np.round(image.astype(np.float64) * (65535.0 / float_max)).astype(np.uint16), float_max
+
+
+def load(
+    ckpt: str | Path | None = None,
+    *,
+    tta: bool = True,
+    r3: bool = True,
+    self_ensemble: bool = False,
+    bf16: bool = False,
+    tiling: Tiling = Tiling(),
+) -> ImageDenoiser:
+    """A reusable denoiser for many images. `ckpt`: an Orbax directory, a training workdir or a
+    release `.pth`; None: the shipped demo weights (a narrow network trained on synthetic
+    noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...)."""
+    checkpoint = load_checkpoint(DEMO_CHECKPOINT if ckpt is None else ckpt)
+    cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, self_ensemble=self_ensemble, bf16=bf16)
+    return ImageDenoiser(checkpoint, cfg, tiling, BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg))
+
+
+def denoise(image: np.ndarray, ckpt: str | Path | None = None, *, seed: int = 0, float_max: float = 1.0, **switches: Any) -> np.ndarray:
+    """`image` (see `ImageDenoiser`) denoised by checkpoint `ckpt` (see `load`, which takes the
+    `switches`); for many images, `load` once and call the result."""
+    return load(ckpt, **switches)(image, seed=seed, float_max=float_max)

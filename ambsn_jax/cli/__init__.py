@@ -1,0 +1,1 @@
+"""Command-line tools: train, evaluate, convert. Each parses its arguments before importing JAX."""

@@ -1,0 +1,1 @@
+"""The releases' PyTorch side: their reference networks, state-dict ports, and conversion."""

@@ -1,0 +1,147 @@
+"""The release's inference as pure JAX functions (docs/release.md, "Inference").
+
+`pd_forward` is the release's `forward(img, pd)`; `denoise` its `denoise(x)`: PD-2 / PD-a
+fusion ("TTA"), then random-replacing refinement (R3). `default_inference` derives the
+switches from a checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from ambsn_jax.ops.pd import pd_down, pd_up
+
+Network = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """Switches of the release's `denoise`. `pd_a` and `pd_pad` are those the weights were
+    trained with (`default_inference` takes them from the metadata); the other defaults are
+    the release's."""
+
+    pd_a: int  # training PD factor, also the second TTA pass
+    pd_pad: int  # zero padding of every PD sub-image, and R3's reflection
+    pd_b: int = 2  # inference PD factor
+    tta: bool = True  # fuse PD pd_b (weight 0.8) and PD pd_a (weight 0.2)
+    r3: bool = True
+    r3_t: int = 8
+    r3_p: float = 0.16
+    self_ensemble: bool = False  # average over the 8 rotations / flips
+    bf16: bool = False  # convolutions in bfloat16 (GPU tensor cores); PD, fusion and R3 in float32
+
+    def release_options(self) -> dict[str, Any]:
+        """The switches under the release's argument names, as reports record them."""
+        return {
+            "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
+            "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "bf16": self.bf16,
+        }  # fmt: skip
+
+
+def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
+    """The release's inference for weights of checkpoint metadata `meta` (a `CheckpointMeta`),
+    with `switches` (fields of `InferenceConfig`) changed.
+
+    AM-BSN fuses the PD-2 pass with a pass at the PD factor it was trained with (the release:
+    5); AP-BSN and MM-BSN have no such fusion: PD 2, then R3, and `tta=True` keeps it so.
+    """
+    release = InferenceConfig(pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta)
+    cfg = dataclasses.replace(release, **switches)
+    return dataclasses.replace(cfg, tta=cfg.tta and release.tta)
+
+
+def _crop(x: jax.Array, p: int) -> jax.Array:
+    # x[:, p:-p] is empty for p = 0; the release guards the same case.
+    return x[:, p : x.shape[1] - p, p : x.shape[2] - p]
+
+
+def _pad_to_multiple(x: jax.Array, m: int) -> jax.Array:
+    """Zero-pad at the bottom and right so that H and W divide by m."""
+    h, w = x.shape[1:3]
+    return jnp.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)))
+
+
+def pd_forward(
+    net: Network, x: jax.Array, pd: int, pad: int = 2, perm: jax.Array | None = None
+) -> jax.Array:
+    """The release's `forward(img, pd)`: PD, blind-spot network, inverse PD."""
+    if pd > 1:
+        return pd_up(net(pd_down(x, pd, pad, perm)), pd, pad, perm)
+    return _crop(net(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))), pad)
+
+
+def r3_masks(key: jax.Array, shape: tuple[int, ...], cfg: InferenceConfig) -> jax.Array:
+    """The R3 replacement masks: (T, *shape) booleans, per pixel and per channel."""
+    return jax.random.uniform(key, (cfg.r3_t, *shape)) < cfg.r3_p
+
+
+def denoise(
+    net: Network,
+    x: jax.Array,
+    key: jax.Array | None,
+    cfg: InferenceConfig,
+    masks: jax.Array | None = None,
+) -> jax.Array:
+    """Denoise a batch (N, H, W, C) in 0..255, as the release's `denoise` (no rounding).
+
+    R3 draws its masks from `key`, or takes them explicitly through `masks` (shape
+    `(cfg.r3_t, *x_r3.shape)` where x_r3 is x, padded to a multiple of pd_b when TTA is off).
+    """
+    h, w = x.shape[1:3]
+    if cfg.tta:
+        a = pd_forward(net, _pad_to_multiple(x, cfg.pd_b), cfg.pd_b, cfg.pd_pad)
+        b = pd_forward(net, _pad_to_multiple(x, cfg.pd_a), cfg.pd_a, cfg.pd_pad)
+        # The release crops only B and so crashes on odd sizes: it meant both cropped.
+        y = 0.2 * b[:, :h, :w] + 0.8 * a[:, :h, :w]
+    else:
+        # Here the release runs R3 on the padded image, which we keep for its exact pixels;
+        # it then returns the padded size (61x80 in, 62x80 out): we crop back to h x w.
+        x = _pad_to_multiple(x, cfg.pd_b)
+        y = pd_forward(net, x, cfg.pd_b, cfg.pd_pad)
+    if not cfg.r3:
+        return y[:, :h, :w]
+    if masks is None:
+        masks = r3_masks(key, x.shape, cfg)
+    p = cfg.pd_pad
+    z = jnp.where(masks, x[None], y[None])
+    z = jnp.pad(z, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+    # The T refinement passes run one after another: as one batch of T they were 1.2x slower
+    # on a CPU and took 3x the memory (bench/NOTES.md; on GPUs not measured yet).
+    out = jax.lax.map(lambda zt: _crop(net(zt), p), z)
+    return jnp.mean(out, axis=0)[:, :h, :w]
+
+
+def postprocess(y: jax.Array) -> jax.Array:
+    """The release's rounding for metrics and saved images: +0.5, floor, clip to 0..255."""
+    return jnp.clip(jnp.floor(y + 0.5), 0.0, 255.0)
+
+
+def _orient(x: jax.Array, k: int, flip: bool) -> jax.Array:
+    return jnp.rot90(x[:, :, ::-1] if flip else x, k, axes=(1, 2))
+
+
+def _unorient(y: jax.Array, k: int, flip: bool) -> jax.Array:
+    y = jnp.rot90(y, -k, axes=(1, 2))
+    return y[:, :, ::-1] if flip else y
+
+
+def self_ensemble(
+    fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array
+) -> jax.Array:
+    """Mean of `fn(x', key)` over the 8 rotations / flips x' of x, each undone after.
+
+    Orientations of equal shape run as one batch: two calls of `fn`, or one if H == W.
+    """
+    n, h, w = x.shape[:3]
+    orients = [(k, flip) for flip in (False, True) for k in range(4)]
+    groups = [orients] if h == w else [orients[0::2], orients[1::2]]
+    total = jnp.zeros(x.shape, jnp.float32)
+    for group, gkey in zip(groups, jax.random.split(key, len(groups))):
+        out = fn(jnp.concatenate([_orient(x, *o) for o in group]), gkey)
+        for i, o in enumerate(group):
+            total = total + _unorient(out[i * n : (i + 1) * n], *o)
+    return total / len(orients)

@@ -1,0 +1,45 @@
+"""Images of any size: cut into overlapping tiles of one compiled shape and cross-faded back."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from ambsn_jax.inference.denoiser import BoundDenoiser, fold_in_each
+from ambsn_jax.ops.windows import Tiling, pad_to_min_side, padded_batches, window_starts
+
+
+def _blend_window(tile: int, overlap: int) -> np.ndarray:
+    """1-D weights rising linearly across the overlap, so neighbouring tiles cross-fade."""
+    ramp = np.minimum(np.arange(1, tile + 1), np.arange(tile, 0, -1)).astype(np.float32)
+    return np.minimum(ramp / max(overlap, 1), 1.0)
+
+
+def denoise_image(
+    denoiser: BoundDenoiser, image: np.ndarray, key: jax.Array, tiling: Tiling = Tiling()
+) -> np.ndarray:
+    """Denoise one (H, W, 3) image in 0..255 of any size; returns float32 (H, W, 3), unrounded.
+
+    Images up to `tiling.tile` on both sides go through in one piece. Larger ones are cut
+    into tiles overlapping by `tiling.overlap` and cross-faded, so memory is bounded, every
+    tile shares one compiled shape, and no seam shows. Tile i draws from `fold_in(key, i)`.
+    """
+    h, w = image.shape[:2]
+    image = pad_to_min_side(image, denoiser.min_side())
+    if image.shape[0] <= tiling.tile and image.shape[1] <= tiling.tile:
+        return np.asarray(denoiser(image[None], key[None])[0])[:h, :w]
+    ph, pw = image.shape[:2]
+    th, tw = min(tiling.tile, ph), min(tiling.tile, pw)
+    step_h, step_w = th - tiling.overlap, tw - tiling.overlap
+    origins = [(y, x) for y in window_starts(ph, th, step_h) for x in window_starts(pw, tw, step_w)]
+    weight = np.outer(_blend_window(th, tiling.overlap), _blend_window(tw, tiling.overlap))[..., None]
+    acc = np.zeros((ph, pw, image.shape[2]), np.float32)
+    norm = np.zeros((ph, pw, 1), np.float32)
+    for indices, valid in padded_batches(len(origins), tiling.batch):
+        tiles = np.stack([image[y : y + th, x : x + tw] for y, x in (origins[i] for i in indices)])
+        out = np.asarray(denoiser(tiles, fold_in_each(key, indices)))
+        for i, o in zip(indices[:valid], out):
+            y, x = origins[i]
+            acc[y : y + th, x : x + tw] += o * weight
+            norm[y : y + th, x : x + tw] += weight
+    return (acc / norm)[:h, :w]

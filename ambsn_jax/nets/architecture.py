@@ -1,0 +1,34 @@
+"""The record that says everything about one network of the family (see `registry`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from flax import nnx
+
+from ambsn_jax.convert.keymap import KeyMap, MaskMap, StateDict
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One network: how to build it, how the release's checkpoints map onto it, how it is run.
+
+    `config` is the network's frozen config dataclass (defaults: the release's, `to_dict()`
+    for metadata). The port fields read the release's state dicts; `reference` builds the
+    release's own PyTorch network for a config (it imports torch, so call it only to verify).
+    """
+
+    name: str  # as checkpoint metadata, configs and --arch spell it
+    display_name: str  # as people write it, for messages
+    network: type[nnx.Module]
+    config: type
+    signature: str  # a state-dict key pattern that only this network's checkpoints have
+    config_from_state_dict: Callable[[StateDict], Any]
+    key_map: Callable[[Any], KeyMap]
+    mask_map: Callable[[Any], MaskMap]
+    reference: Callable[[Any], Any]
+    release_tta: bool  # the release's inference fuses the PD-2 pass with a PD-`train_pd` pass
+    release_train_pd: int = 5  # PD factor the release trains with (its pd_a)
+    release_pd_pad: int = 2

@@ -1,0 +1,50 @@
+"""Grids of windows over an axis, and fixed-size batches over a list: shared by patch cutting,
+tiling and every batched evaluation. NumPy only, so that command lines read `Tiling`'s
+defaults without importing JAX."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How images larger than a tile are cut; the defaults are the command line's."""
+
+    tile: int = 512  # tile side; images up to it on both sides go through whole, as the release runs
+    overlap: int = 64  # pixels neighbouring tiles share and cross-fade over
+    batch: int = 4  # tiles per call
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Origins of `size`-long windows covering [0, length): every `stride`, the last one flush
+    with the far border. One window at 0 when `length <= size`."""
+    if length <= size:
+        return [0]
+    return [*range(0, length - size, stride), length - size]
+
+
+def padded_batches(count: int, batch: int) -> list[tuple[np.ndarray, int]]:
+    """(indices, valid) per batch of `batch` items out of `count`, in order.
+
+    The last batch is topped up by repeating its last index, so that every call has one
+    compiled shape; only its first `valid` results are real.
+    """
+    out = []
+    for start in range(0, count, batch):
+        valid = min(batch, count - start)
+        out.append((np.minimum(np.arange(start, start + batch), start + valid - 1), valid))
+    return out
+
+
+def pad_to_min_side(image: np.ndarray, min_side: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Edge-pad `image` at the bottom / right so that both `axes` are at least `min_side` long.
+
+    The one policy for inputs smaller than the network needs: pad, denoise, crop back.
+    """
+    pad = [(0, 0)] * image.ndim
+    for axis in axes:
+        pad[axis] = (0, max(0, min_side - image.shape[axis]))
+    return np.pad(image, pad, mode="edge") if any(p for _, p in pad) else image
