@@ -69,24 +69,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """A fresh temporary folder beside `path` to fill; renamed onto `path` once the block succeeds.
 
-    If the block fails, nothing is left at `path`. An existing `path` is replaced only when
-    `replace` (the caller has checked that it may be); if another process publishes the same
-    folder first, its copy is kept and ours dropped (callers publish deterministic content).
+    If the block fails, nothing new is left at `path`. An existing `path` is replaced only when
+    `replace` (the caller has checked that it may be): it is moved aside first and put back if
+    the swap fails, so `path` holds the old folder or the new one, never neither. Without
+    `replace`, a folder another process published first is kept and ours dropped (callers
+    publish deterministic content).
     """
     path = Path(path)
     tmp = _temporary_sibling(path)
+    old = _temporary_sibling(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         yield tmp
         if replace and path.exists():
-            _remove(path)
-        try:
-            tmp.rename(path)
-        except OSError:
-            if not path.is_dir():
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)
                 raise
+        else:
+            try:
+                tmp.rename(path)
+            except OSError:
+                if not path.is_dir():
+                    raise
     except OSError as e:
         raise UserError(f"{path}: cannot write it ({e.strerror or e}); pick a writable location") from e
     finally:
         _remove(tmp)
+        _remove(old)

@@ -1,4 +1,9 @@
-"""PSNR and SSIM exactly as the release computes them (spec: `../shared/spec/AMBSN.md` §4)."""
+"""PSNR and SSIM exactly as the release computes them (docs/release.md, "Scores").
+
+`ssim` (7x7 uniform window) is the release's and the headline number; `ssim_gaussian` is the
+Gaussian-window SSIM of Wang et al. (2004), which many papers report instead, so that numbers
+from either convention can be compared.
+"""
 
 from __future__ import annotations
 
@@ -20,3 +25,16 @@ def psnr(clean: np.ndarray, test: np.ndarray) -> float:
 def ssim(clean: np.ndarray, test: np.ndarray) -> float:
     """SSIM with skimage's defaults (7x7 uniform window), channels averaged."""
     return float(structural_similarity(*_pair(clean, test), channel_axis=2, data_range=255))
+
+
+def ssim_gaussian(clean: np.ndarray, test: np.ndarray) -> float:
+    """SSIM of Wang et al.: 11x11 Gaussian window of sigma 1.5, population covariance.
+
+    The settings are those scikit-image documents to match Wang et al.'s implementation.
+    """
+    return float(
+        structural_similarity(
+            *_pair(clean, test), channel_axis=2, data_range=255,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        )
+    )  # fmt: skip

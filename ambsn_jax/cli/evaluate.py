@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--submission", type=Path, metavar="OUT.csv|OUT.mat", help="SIDD benchmark submission")
     out.add_argument("--output", type=Path, metavar="DIR", help="folder for the denoised <stem>.png files")
     out.add_argument("--submission-dir", type=Path, metavar="OUT", help="folder for the DND .mat files")
+    out.add_argument(
+        "--report", type=Path, metavar="DIR",
+        help="validation and --input: an HTML report (DIR/index.html and its images); DIR must be new, "
+        "empty or a previous report, which is replaced",
+    )  # fmt: skip
     val = p.add_argument_group("validation")
     val.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     val.add_argument("--limit", type=_int_in(1), metavar="N", help="score the first N blocks only")
@@ -103,6 +108,13 @@ def _mode(args: argparse.Namespace) -> str:
     for option in ("json", "limit"):
         if getattr(args, option) is not None and mode not in ("demo", "sidd_val"):
             raise UserError(f"{_flag(option)} applies to validation (--sidd-val or the demo set) only")
+    if args.report is not None:
+        if mode not in ("demo", "sidd_val", "input"):
+            raise UserError("--report applies to validation (--sidd-val or the demo set) and --input only")
+        from ambsn_jax.evaluation.report import check_out_dir
+
+        # Before the work, not after: a refused folder costs nothing.
+        check_out_dir(args.report, keep=[p for p in (args.input, args.output) if p is not None])
     if args.overlap >= args.tile:
         raise UserError(f"--overlap {args.overlap}: must be below --tile {args.tile}")
     for option in ("output", "submission_dir"):
@@ -158,12 +170,24 @@ def _validate(args: argparse.Namespace, root: Path | None) -> int:
     from ambsn_jax.evaluation import sidd
 
     root = demo_root() if root is None else root
-    sidd.load_validation(root)  # a wrong folder fails at once, not after loading a checkpoint
+    noisy, clean = sidd.load_validation(root)  # a wrong folder fails at once, not after loading a checkpoint
     checkpoint = _checkpoint(args)
-    report = sidd.evaluate_validation(checkpoint, root, _inference_config(args, checkpoint), args.seed, args.batch, args.limit)
-    print(sidd.summary_line(report))
+    cfg = _inference_config(args, checkpoint)
+    keep = args.report is not None
+    result = sidd.evaluate_validation(checkpoint, root, cfg, args.seed, args.batch, args.limit, keep_outputs=keep)
+    denoised = result.pop("denoised", None)
+    print(sidd.summary_line(result))
     if args.json is not None:
-        sidd.write_json(args.json, report)
+        sidd.write_json(args.json, result)
+    if denoised is not None:
+        from ambsn_jax.evaluation import report
+
+        scored = slice(len(denoised))
+        page = report.write_validation_report(
+            args.report, {k: v for k, v in result.items() if k != "blocks"}, result["blocks"],
+            noisy.reshape(-1, *noisy.shape[2:])[scored], denoised, clean.reshape(-1, *clean.shape[2:])[scored],
+        )  # fmt: skip
+        print(f"wrote {page}")
     return 0
 
 
@@ -193,11 +217,22 @@ def _images(args: argparse.Namespace) -> int:
     from ambsn_jax.evaluation import folder
 
     outputs = folder.output_paths(list_images(args.input), args.output)
-    denoiser = _denoiser(args, _checkpoint(args))
-    failures = folder.denoise_files(denoiser, outputs, args.seed, _tiling(args))
+    checkpoint = _checkpoint(args)
+    failures = folder.denoise_files(_denoiser(args, checkpoint), outputs, args.seed, _tiling(args))
     print(f"wrote {len(outputs) - len(failures)} of {len(outputs)} images to {args.output}")
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
+    if args.report is not None:
+        from ambsn_jax.evaluation import report
+        from ambsn_jax.evaluation.common import checkpoint_record
+
+        summary = {
+            "input": str(args.input), "output": str(args.output), "denoised": len(outputs) - len(failures),
+            "failed": len(failures), "options": {"seed": args.seed, **_inference_config(args, checkpoint).release_options(),
+            "tile": args.tile, "overlap": args.overlap}, "checkpoint": checkpoint_record(checkpoint),
+        }  # fmt: skip
+        pairs = [(source.name, source, target) for source, target in outputs.items()]
+        print(f"wrote {report.write_folder_report(args.report, pairs, summary)}")
     return 1 if failures else 0
 
 

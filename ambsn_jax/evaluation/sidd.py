@@ -23,12 +23,18 @@ from ambsn_jax.evaluation.common import checkpoint_record, item_keys
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.denoiser import BatchDenoiser, BoundDenoiser
 from ambsn_jax.inference.release import InferenceConfig, postprocess
-from ambsn_jax.metrics import psnr, ssim
+from ambsn_jax.metrics import psnr, ssim, ssim_gaussian
 from ambsn_jax.ops.windows import pad_to_min_side, padded_batches
 
 VALIDATION_NOISY = "ValidationNoisyBlocksSrgb.mat"
 VALIDATION_CLEAN = "ValidationGtBlocksSrgb.mat"
 BENCHMARK_NOISY = "BenchmarkNoisyBlocksSrgb.mat"
+
+# Written into the report: papers quote either convention under the one name "SSIM".
+SSIM_CONVENTIONS = {
+    "ssim": "the release's: skimage structural_similarity defaults, 7x7 uniform window, sample covariance",
+    "ssim_gaussian": "Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, population covariance",
+}
 
 
 def _folder_holding(root: str | Path, *names: str) -> Path:
@@ -124,12 +130,16 @@ def score_validation(
     seed: int,
     batch: int,
     limit: int | None = None,
+    keep_outputs: bool = False,
 ) -> dict[str, Any]:
     """Scores of the first `limit` (default all) blocks, as the JSON report holds them.
 
-    `psnr` / `ssim` are means over blocks of the rounded output against clean (spec §4);
-    `noisy_psnr` / `noisy_ssim` the same for the noisy input. `timing.total_s` covers
-    compilation, denoising and scoring, not reading files or the checkpoint.
+    `psnr` / `ssim` are means over blocks of the rounded output against clean (docs/release.md,
+    "Scores"); `noisy_psnr` / `noisy_ssim` the same for the noisy input; `ssim_gaussian` /
+    `noisy_ssim_gaussian` the other SSIM convention (`SSIM_CONVENTIONS`). `timing.total_s`
+    covers compilation, denoising and scoring, not reading files or the checkpoint.
+    `keep_outputs` adds `denoised`, the rounded uint8 blocks (N, H, W, 3): not JSON, for the
+    visual report.
     """
     start_time = time.perf_counter()
     per_image = noisy.shape[1]
@@ -137,6 +147,7 @@ def score_validation(
     flat_clean = clean.reshape(-1, *clean.shape[2:])[:limit]
     timing = Timing()
     blocks = []
+    outputs = []
     with _progress(len(flat_noisy), "SIDD validation") as bar:
         for start, rounded in denoise_blocks(denoiser, flat_noisy, seed, batch, timing):
             for n, out in enumerate(rounded, start):
@@ -146,15 +157,21 @@ def score_validation(
                         "block": n % per_image,
                         "psnr": psnr(flat_clean[n], out),
                         "ssim": ssim(flat_clean[n], out),
+                        "ssim_gaussian": ssim_gaussian(flat_clean[n], out),
                     }
                 )
+            if keep_outputs:
+                outputs.append(rounded)
             bar.update(len(rounded))
             bar.set_postfix(psnr=f"{np.mean([b['psnr'] for b in blocks]):.2f}")
-    return {
+    scores = {
         "psnr": float(np.mean([b["psnr"] for b in blocks])),
         "ssim": float(np.mean([b["ssim"] for b in blocks])),
         "noisy_psnr": float(np.mean([psnr(c, x) for c, x in zip(flat_clean, flat_noisy)])),
         "noisy_ssim": float(np.mean([ssim(c, x) for c, x in zip(flat_clean, flat_noisy)])),
+        "ssim_gaussian": float(np.mean([b["ssim_gaussian"] for b in blocks])),
+        "noisy_ssim_gaussian": float(np.mean([ssim_gaussian(c, x) for c, x in zip(flat_clean, flat_noisy)])),
+        "ssim_conventions": SSIM_CONVENTIONS,
         "blocks": blocks,
         "timing": {
             "compile_s": timing.compile_s,
@@ -162,6 +179,9 @@ def score_validation(
             "total_s": time.perf_counter() - start_time,
         },
     }
+    if keep_outputs:
+        scores["denoised"] = np.concatenate(outputs)
+    return scores
 
 
 def evaluate_validation(
@@ -172,15 +192,17 @@ def evaluate_validation(
     batch: int = 4,
     limit: int | None = None,
     denoiser: BatchDenoiser | None = None,
+    keep_outputs: bool = False,
 ) -> dict[str, Any]:
     """The JSON report of `checkpoint` on the SIDD-format validation folder `root`:
     `score_validation`'s scores, the full inference options under the release's names, and
     the checkpoint. What `evaluate.py --sidd-val` and the end of training both run; a
-    `denoiser` of the same network and `cfg` may be passed to reuse its compiled programs."""
+    `denoiser` of the same network and `cfg` may be passed to reuse its compiled programs;
+    `keep_outputs` as `score_validation`'s."""
     noisy, clean = load_validation(root)
     if denoiser is None:
         denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg)
-    scores = score_validation(denoiser.bind(checkpoint.params), noisy, clean, seed, batch, limit)
+    scores = score_validation(denoiser.bind(checkpoint.params), noisy, clean, seed, batch, limit, keep_outputs)
     options = {"dataset": str(root), "seed": seed, "batch": batch, "limit": limit, **cfg.release_options()}
     return {**scores, "options": options, "checkpoint": checkpoint_record(checkpoint)}
 
