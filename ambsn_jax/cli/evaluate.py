@@ -165,7 +165,7 @@ def _tiling(args: argparse.Namespace) -> Tiling:
     return Tiling(tile=args.tile, overlap=args.overlap, batch=args.batch)
 
 
-def _validate(args: argparse.Namespace, root: Path | None) -> int:
+def _score_validation_set(args: argparse.Namespace, root: Path | None) -> int:
     from ambsn_jax.data.demo import demo_root
     from ambsn_jax.evaluation import sidd
 
@@ -252,7 +252,7 @@ def _evaluate(argv: Sequence[str] | None) -> int:
     mode = _mode(args)
     enable_compilation_cache()
     if mode in ("demo", "sidd_val"):
-        return _validate(args, args.sidd_val)
+        return _score_validation_set(args, args.sidd_val)
     run = {"sidd_bench": _benchmark, "check": _check, "input": _images, "dnd": _dnd}[mode]
     return run(args)
 

@@ -1,7 +1,7 @@
 """The training input pipeline in Grain: random crops of noisy images, as the release draws them.
 
 Sample g of the run's global stream is a random `crop` x `crop` window of image
-`shuffle_epoch(g // n)[g % n]`, turned as the release turns it (spec §5). Everything random
+`shuffle_epoch(g // n)[g % n]`, turned as the release turns it (docs/release.md, "Data"). Everything random
 is a function of (seed, g) alone, so the stream is the same for any number of worker
 processes, devices or hosts, and an iterator restored from its state continues it exactly.
 Host p of P takes its rows of every global batch; the global batch is the same for any P.

@@ -2,7 +2,7 @@
 
 A mask is a (k, k) 0/1 array indexed [row][col]; 0 marks a blind tap. The patterns are
 those of the releases: "central" (AP-BSN, AM-BSN, MM-BSN's "o"), "x" (AM-BSN; MM-BSN's
-"fcha") and the other MM-BSN kinds (see `../shared/spec/AMBSN.md` §1 and `APBSN_MMBSN.md`).
+"fcha") and the other MM-BSN kinds (docs/release.md, "Blind-spot masks").
 """
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Pixel-shuffle down-sampling (PD) and its inverse (spec: `../shared/spec/AMBSN.md` §2).
+"""Pixel-shuffle down-sampling (PD) and its inverse (docs/release.md, "Pixel-shuffle down-sampling").
 
 PD breaks the spatial correlation of real camera noise: sub-image (i, j) = x[:, i::f, j::f]
 holds pixels f apart, and the blind-spot network sees them as neighbours. The f x f

@@ -264,7 +264,10 @@ def train(cfg: Config, workdir: Path) -> int:
         log = RunLog(workdir, start, last_step, lead)
 
         def next_batch() -> jax.Array:
-            return meshlib.shard_batch(next(data_iter), mesh)
+            # A copy: Grain's batch lives in shared memory, which JAX on a CPU would otherwise
+            # keep mapped for as long as the array lives, past the iterator's close, so that
+            # the segment outlives the run (Python's resource tracker then warns of a leak).
+            return meshlib.shard_batch(np.array(next(data_iter)), mesh)
 
         try:
             batch = next_batch() if start < last_step else None
@@ -295,11 +298,11 @@ def train(cfg: Config, workdir: Path) -> int:
         return 0
     early = last_step < total_steps
     if val_dir is None:
-        _say_where(workdir, last_step, total_steps)
         print(
             "no validation set was given, so no checkpoint was scored and the latest is kept as the result; "
             "to score during training, add --set val.dir=<folder of SIDD validation .mat files>"
         )
+        _say_where(workdir, last_step, total_steps)
         return 0
     # The final score is evaluate.py's own report on the best (else latest) checkpoint.
     best = store.load_checkpoint(workdir)
