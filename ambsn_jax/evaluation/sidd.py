@@ -29,6 +29,7 @@ from ambsn_jax.ops.windows import pad_to_min_side, padded_batches
 VALIDATION_NOISY = "ValidationNoisyBlocksSrgb.mat"
 VALIDATION_CLEAN = "ValidationGtBlocksSrgb.mat"
 BENCHMARK_NOISY = "BenchmarkNoisyBlocksSrgb.mat"
+SSIM_MIN_SIDE = 7  # skimage's default SSIM window, the release's
 
 # Written into the report: papers quote either convention under the one name "SSIM".
 SSIM_CONVENTIONS = {
@@ -64,6 +65,13 @@ def load_validation(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(
             f"{root}: noisy blocks {noisy.shape} and clean blocks {clean.shape} differ in shape; "
             "pass the two files of one validation set"
+        )
+    h, w = noisy.shape[2:4]
+    if min(h, w) < SSIM_MIN_SIDE:
+        # Denoising pads small blocks, but SSIM's 7x7 window cannot score them.
+        raise UserError(
+            f"{root}: blocks of {h}x{w} pixels: too small to score, SSIM needs {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE}; "
+            "pass blocks at least that large"
         )
     return noisy, clean
 
