@@ -1,0 +1,176 @@
+"""Lower the release inference and the training step for GPUs and TPUs on any machine, and count
+what the StableHLO holds.
+
+    python bench/lower.py [--platform cuda tpu] [--arch ambsn apbsn mmbsn] [--width 128]
+
+`jax.export` lowers for the named platforms and computes nothing: no GPU or TPU is needed, the
+weights stay abstract, and the real width costs only tracing time. Programs, per architecture:
+- infer: `default_inference` of the architecture (AM-BSN: TTA + R3; AP-BSN, MM-BSN: R3) on a
+  1 x 256 x 256 x 3 block, the program `BatchDenoiser` compiles, on one device;
+- train: the training step (forward, backward, Adam) of the architecture's release config
+  (ambsn_jax/configs: sidd, apbsn_sidd, mmbsn_sidd), batch 8, 120 x 120 crops, at `--width`.
+Each is lowered for every platform alone and, given several, for all of them together (one
+module that picks its platform when compiled).
+
+Per row: convolutions (`stablehlo.convolution`), matrix products (`dot_general`), while loops
+(R3's `lax.map`; on cpu also the tap-wise kernel gradient of ambsn_jax.ops.conv, one scan per
+k x k convolution), collectives, custom calls with their targets, and the module's size (its
+text, and its StableHLO bytecode, `mlir_module_serialized`). A note says when
+`Exported.serialize()` refuses a program's argument tree (not a readiness failure). Exits 1, saying why, if an export fails (a host callback, a
+`platform_dependent` with no branch for the platform) or a custom call outside the neutral
+targets appears (LAPACK, DUCC, any one platform's library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import export  # noqa: E402
+
+from ambsn_jax.checkpoint.meta import CheckpointMeta  # noqa: E402
+from ambsn_jax.checkpoint.store import abstract_params  # noqa: E402
+from ambsn_jax.inference.denoiser import BatchDenoiser  # noqa: E402
+from ambsn_jax.inference.release import default_inference  # noqa: E402
+from ambsn_jax.mesh import DATA_AXIS  # noqa: E402
+from ambsn_jax.nets import registry  # noqa: E402
+from ambsn_jax.train import config as configlib  # noqa: E402
+from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step  # noqa: E402
+
+RELEASE_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
+BLOCK = 256
+
+# Custom-call targets every platform compiles (sharding annotations, the export's shape checks).
+NEUTRAL_TARGETS = frozenset(
+    {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "annotate_device_placement", "shape_assertion"}
+)
+CPU_ONLY = re.compile(r"^(lapack_|ducc_|cpu_)|callback")
+_CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([\w.$-]+)|call_target_name = "([^"]+)"')
+_COLLECTIVE = re.compile(r"\bstablehlo\.(all_reduce|all_gather|reduce_scatter|collective_permute|all_to_all)\b")
+
+
+def census(text: str) -> dict:
+    return {
+        "conv": len(re.findall(r"\bstablehlo\.convolution\b", text)),
+        "dot": len(re.findall(r"\bstablehlo\.dot_general\b", text)),
+        "while": len(re.findall(r"\bstablehlo\.while\b", text)),
+        "collectives": Counter(_COLLECTIVE.findall(text)),
+        "custom_calls": Counter(a or b for a, b in _CUSTOM_CALL.findall(text)),
+    }
+
+
+def inference_program(arch: str, config, meta: CheckpointMeta):
+    cfg = default_inference(meta)
+    mesh = jax.make_mesh((1,), (DATA_AXIS,), devices=jax.devices()[:1])
+    # The jitted program of BatchDenoiser (no public handle on it yet); keys as raw key data.
+    fn = BatchDenoiser(arch, config, cfg, mesh)._fn
+    x = jax.ShapeDtypeStruct((1, BLOCK, BLOCK, 3), jnp.float32)
+    key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.split(jax.random.key(0), 1)))
+    label = "TTA+R3" if cfg.tta else "R3"
+    return f"infer {label} 1x{BLOCK}x{BLOCK}", fn, (abstract_params(meta), x, key_data)
+
+
+def train_program(arch: str, width: int):
+    cfg = configlib.resolve(
+        RELEASE_CONFIG[arch], [(["model", "base_ch"], width), (["data", "dir"], "unused: lowering only")]
+    )
+    config = registry.network_config(arch, {"base_ch": width})
+    schedule = lr_schedule(cfg.optim, 1000)
+    tx = optimizer(cfg.optim, schedule)
+    state = jax.eval_shape(partial(init_state, lambda: registry.build(arch, config), tx, 0))
+    n, s = cfg.train.batch_size, cfg.data.crop
+    batch = jax.ShapeDtypeStruct((n, s, s, 3), jnp.float32)
+    fn = jax.jit(partial(train_step, registry.graphdef(arch, config), tx, schedule, cfg.train))
+    return f"train {n}x{s}x{s} ({cfg.name})", fn, (state, batch)
+
+
+def problems(facts: dict) -> list[str]:
+    out = []
+    cpu_only = sorted(t for t in facts["custom_calls"] if CPU_ONLY.search(t))
+    if cpu_only:
+        out.append(f"CPU-only custom calls: {', '.join(cpu_only)}")
+    other = sorted(set(facts["custom_calls"]) - NEUTRAL_TARGETS - set(cpu_only))
+    if other:
+        out.append(f"platform-specific custom calls: {', '.join(other)}")
+    return out
+
+
+def _fmt(counter: Counter) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counter.items())) or "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--platform", nargs="+", default=["cuda", "tpu"], help="lowering platforms (default: cuda tpu)")
+    p.add_argument("--arch", nargs="+", default=list(RELEASE_CONFIG), choices=list(RELEASE_CONFIG))
+    p.add_argument("--width", type=int, default=128, help="network width base_ch (default: 128, the releases')")
+    args = p.parse_args(argv)
+    targets = [(pl,) for pl in args.platform]
+    if len(args.platform) > 1:
+        targets.append(tuple(args.platform))
+
+    failures: list[str] = []
+    notes: list[str] = []
+    header = f"{'arch':6} {'program':30} {'platform':10} {'conv':>5} {'dot':>5} {'while':>5} {'coll':>4} {'text KB':>8} {'bc KB':>7} {'s':>5}  custom calls"
+    print(f"jax {jax.__version__}, width {args.width}")
+    print(header)
+    print("-" * len(header))
+    start = time.perf_counter()
+    for arch in args.arch:
+        config = registry.network_config(arch, {"base_ch": args.width})
+        train_cfg = configlib.resolve(RELEASE_CONFIG[arch], [(["data", "dir"], "unused")])
+        meta = CheckpointMeta.for_network(
+            arch, config, train_pd=train_cfg.train.pd, train_pd_pad=train_cfg.train.pd_pad, source="bench/lower.py"
+        )
+        for label, fn, fargs in (inference_program(arch, config, meta), train_program(arch, args.width)):
+            for platforms in targets:
+                name = "+".join(platforms)
+                t0 = time.perf_counter()
+                try:
+                    exp = export.export(fn, platforms=platforms)(*fargs)
+                    text = exp.mlir_module()
+                    size = len(exp.mlir_module_serialized)  # the StableHLO bytecode
+                except Exception as e:  # noqa: BLE001 - every failure is reported, then exit 1
+                    msg = f"{arch} {label} for {name}: export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    print(msg)
+                    failures.append(msg)
+                    continue
+                took = time.perf_counter() - t0
+                f = census(text)
+                print(
+                    f"{arch:6} {label:30} {name:10} {f['conv']:5d} {f['dot']:5d} {f['while']:5d} "
+                    f"{sum(f['collectives'].values()):4d} {len(text) / 1e3:8.0f} {size / 1e3:7.0f} {took:5.1f}  "
+                    f"{_fmt(f['custom_calls'])}"
+                )
+                if f["collectives"]:
+                    print(f"{'':48}collectives: {_fmt(f['collectives'])}")
+                failures += [f"{arch} {label} for {name}: {msg}" for msg in problems(f)]
+                if platforms == targets[0]:
+                    try:
+                        exp.serialize()
+                    except TypeError as e:  # not a readiness failure: the module itself is fine
+                        notes.append(f"{arch} {label}: Exported.serialize() refuses its argument tree ({e})")
+    print(f"\nlowered in {time.perf_counter() - start:.1f} s")
+    for msg in notes:
+        print(f"note: {msg}")
+    if failures:
+        print("\nNOT READY for " + ", ".join(args.platform) + ":", file=sys.stderr)
+        for msg in failures:
+            print(f"  {msg}", file=sys.stderr)
+        return 1
+    print("no host callback, no CPU-only or platform-specific custom call: ready for " + ", ".join(args.platform))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
