@@ -1,7 +1,10 @@
-"""Devices for data-parallel training: one `data` mesh axis over every device of every host.
+"""Devices for data-parallel training and evaluation: one `data` mesh axis over the devices.
 
-The batch is split along `data`, the parameters and optimizer state are replicated, and XLA
-inserts the gradient all-reduce: the jitted step is the same function on one CPU or many GPUs.
+Training's batch is split along `data` over every device of every host, the parameters and
+optimizer state are replicated, and XLA inserts the gradient all-reduce: the jitted step is the
+same function on one CPU or many GPUs. Evaluation splits its blocks the same way (`make_mesh`
+over all hosts, results gathered with `gather`), or, where each host works on its own files,
+over this host's devices alone (`local_mesh`).
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(address, **counts)
 
 
-def make_mesh(global_batch: int) -> Mesh:
-    """A 1-D mesh over all devices; the global batch must split evenly across them."""
+def make_mesh(global_batch: int | None = None) -> Mesh:
+    """A 1-D mesh over all devices of all hosts; a `global_batch` must split evenly across them."""
     n = jax.device_count()
-    if global_batch % n:
+    if global_batch is not None and global_batch % n:
         raise UserError(
             f"batch size {global_batch} does not divide by the {n} devices; "
             f"pick a multiple of {n} (--set train.batch_size=...)"
@@ -61,3 +64,33 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def shard_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """This host's rows of the batch -> one global array split over the `data` axis."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
+
+
+def local_mesh() -> Mesh:
+    """A 1-D mesh over this host's devices: for work that each host does on its own share."""
+    devices = jax.local_devices()
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def gather(x: jax.Array) -> np.ndarray:
+    """The whole of `x` on this host: its own rows of a mesh of this host, or every host's rows
+    (a collective: every process of the run must call it) of a mesh over all hosts."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def my_share(count: int) -> range:
+    """The items of `count` (files, images) that this process takes: every P-th from its index."""
+    return range(jax.process_index(), count, jax.process_count())
+
+
+def total(value: int) -> int:
+    """The sum of `value` over all processes (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(value))))

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ambsn_jax.nets import registry
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing convert/
 
-ARCHS = ["ambsn", "apbsn", "mmbsn"]
+ARCHS = list(registry.ARCHITECTURES)
 CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step"]
 TRAIN_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
 MATMUL_N = 4096
@@ -59,8 +61,10 @@ def run_jax(case: str, arch: str, repeats: int) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from ambsn_jax import family
-    from ambsn_jax.inference import Denoiser, default_inference
+    from ambsn_jax.checkpoint.meta import CheckpointMeta
+    from ambsn_jax.checkpoint.store import params_of
+    from ambsn_jax.inference.denoiser import BatchDenoiser
+    from ambsn_jax.inference.release import default_inference
 
     if case == "matmul":
         a = jnp.asarray(np.random.rand(MATMUL_N, MATMUL_N), jnp.float32)
@@ -68,14 +72,15 @@ def run_jax(case: str, arch: str, repeats: int) -> dict:
         return _timed(lambda: f(a).block_until_ready(), repeats)
     if case == "train_step":
         return _timed(_jax_train_step(arch), repeats)
-    model = family.build(arch, {}, nnx.Rngs(0))
+    model = registry.build(arch, {})
     side = _side(case)
     x = jnp.asarray(np.random.RandomState(0).uniform(0, 255, (1, side, side, 3)), jnp.float32)
     if case.startswith("forward"):
         graphdef, state = nnx.split(model)
         f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
         return _timed(lambda: f(state, x).block_until_ready(), repeats)
-    den = Denoiser(model, default_inference({"arch": arch}))
+    meta = CheckpointMeta.for_release(arch, model.config, source="random init")
+    den = BatchDenoiser(arch, model.config, default_inference(meta)).bind(params_of(model))
     keys = jax.random.split(jax.random.key(0), 1)
     return _timed(lambda: den(x, keys).block_until_ready(), repeats)
 
@@ -86,9 +91,7 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
 
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    from ambsn_jax import family
     from ambsn_jax.train import config as configlib
     from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step
 
@@ -97,9 +100,9 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
     tx = optimizer(cfg.optim, schedule)
 
     def new_model():
-        return family.build(arch, {}, nnx.Rngs(0))
+        return registry.build(arch, {})
 
-    graphdef = nnx.graphdef(nnx.eval_shape(new_model))
+    graphdef = registry.graphdef(arch, {})
     state = [jax.jit(partial(init_state, new_model, tx, 0))()]
     step = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train), donate_argnums=0)
     batch = np.random.RandomState(0).uniform(0, 255, (TRAIN_BATCH, TRAIN_CROP, TRAIN_CROP, 3))
@@ -116,16 +119,15 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ambsn_jax import family
-    from convert.reference import Denoiser, release_bsn
+    from ambsn_jax.convert.reference import ReleaseDenoiser
 
     torch.set_num_threads(os.cpu_count() or 1)
     if case == "matmul":
         a = torch.rand(MATMUL_N, MATMUL_N)
         return _timed(lambda: a @ a, repeats)
     torch.manual_seed(0)
-    config = family.ARCHITECTURES[arch][1]().to_dict()
-    net = Denoiser(bsn=release_bsn(arch, config), tta=arch == "ambsn")
+    record = registry.get(arch)
+    net = ReleaseDenoiser(bsn=record.reference(record.config()), tta=record.release_tta)
     if case == "train_step":
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP) * 255

@@ -57,7 +57,7 @@ def run_jax(repeats: int) -> None:
     import jax
     import jax.numpy as jnp
 
-    from ambsn_jax.conv import conv_general_dilated
+    from ambsn_jax.ops.conv import conv_general_dilated
 
     x = jnp.asarray(np.random.rand(N, S, S, C), jnp.float32)
     g = jnp.asarray(np.random.rand(N, S, S, C), jnp.float32)

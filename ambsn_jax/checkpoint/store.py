@@ -139,9 +139,11 @@ def read_meta(mngr: Any, step: int, where: Path) -> CheckpointMeta:
 
 
 def abstract_params(meta: CheckpointMeta) -> Params:
-    """Shapes and dtypes of the parameters `meta` describes, computing none of them."""
+    """Shapes and dtypes of the parameters `meta` describes, computing none of them, placed on
+    this process's first device: every process of a multi-host run reads its own whole copy."""
     abstract = nnx.eval_shape(lambda: registry.build(meta.arch, meta.config))
-    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params_of(abstract))
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=here), params_of(abstract))
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
         help="R3 randomness; an item's draws depend only on this and its index (default 0)",
     )  # fmt: skip
-    inf.add_argument("--batch", type=_int_in(1), default=Tiling.batch, metavar="N", help="blocks / tiles per call (%(default)s)")
+    inf.add_argument("--batch", type=_int_in(1), default=Tiling.batch, metavar="N", help="blocks / tiles per device per call (%(default)s)")
     inf.add_argument("--tile", type=_int_in(1), default=Tiling.tile, metavar="PX", help="images, DND: tile side (%(default)s)")
     inf.add_argument("--overlap", type=_int_in(0), default=Tiling.overlap, metavar="PX", help="images, DND: tile overlap (%(default)s)")
     return p
@@ -129,6 +129,8 @@ def _checkpoint(args: argparse.Namespace):
     from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
 
     checkpoint = load_checkpoint(args.ckpt or DEMO_CHECKPOINT)
+    if not _lead():
+        return checkpoint
     step = "" if checkpoint.step is None else f", step {checkpoint.step}"
     config = checkpoint.meta.network_config()
     print(
@@ -145,12 +147,16 @@ def _checkpoint(args: argparse.Namespace):
     return checkpoint
 
 
-def _denoiser(args: argparse.Namespace, checkpoint: Any):
-    """The compiled inference the switches ask for, bound to the checkpoint's parameters."""
+def _denoiser(args: argparse.Namespace, checkpoint: Any, own_files: bool = False):
+    """The compiled inference the switches ask for, bound to the checkpoint's parameters: over
+    every device of every process, or over this process's (`own_files`: each process works on
+    its own share of the files)."""
+    from ambsn_jax import mesh as meshlib
     from ambsn_jax.inference.denoiser import BatchDenoiser
 
     cfg = _inference_config(args, checkpoint)
-    return BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg).bind(checkpoint.params)
+    mesh = meshlib.local_mesh() if own_files else meshlib.make_mesh()
+    return BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg, mesh).bind(checkpoint.params)
 
 
 def _inference_config(args: argparse.Namespace, checkpoint: Any):
@@ -175,6 +181,8 @@ def _score_validation_set(args: argparse.Namespace, root: Path | None) -> int:
     cfg = _inference_config(args, checkpoint)
     keep = args.report is not None
     result = sidd.evaluate_validation(checkpoint, root, cfg, args.seed, args.batch, args.limit, keep_outputs=keep)
+    if not _lead():
+        return 0  # every process computed the same report; the first writes it
     denoised = result.pop("denoised", None)
     print(sidd.summary_line(result))
     if args.json is not None:
@@ -197,6 +205,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     submission.check_suffix(args.submission)  # before hours of denoising, not after
     noisy = sidd.load_benchmark(args.sidd_bench)
     denoised = sidd.denoise_benchmark(_denoiser(args, _checkpoint(args)), noisy, args.seed, args.batch)
+    if not _lead():
+        return 0
     submission.write_submission(args.submission, denoised)
     print(f"wrote {args.submission}: {noisy.shape[0] * noisy.shape[1]} blocks")
     return 0
@@ -213,43 +223,58 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    from ambsn_jax import mesh as meshlib
     from ambsn_jax.data.images import list_images
     from ambsn_jax.evaluation import folder
 
     outputs = folder.output_paths(list_images(args.input), args.output)
     checkpoint = _checkpoint(args)
-    failures = folder.denoise_files(_denoiser(args, checkpoint), outputs, args.seed, _tiling(args))
-    print(f"wrote {len(outputs) - len(failures)} of {len(outputs)} images to {args.output}")
+    failures = folder.denoise_files(_denoiser(args, checkpoint, own_files=True), outputs, args.seed, _tiling(args))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
+    failed = meshlib.total(len(failures))
+    if not _lead():
+        return 1 if failures else 0
+    print(f"wrote {len(outputs) - failed} of {len(outputs)} images to {args.output}")
     if args.report is not None:
         from ambsn_jax.evaluation import report
         from ambsn_jax.evaluation.common import checkpoint_record
 
         summary = {
-            "input": str(args.input), "output": str(args.output), "denoised": len(outputs) - len(failures),
-            "failed": len(failures), "options": {"seed": args.seed, **_inference_config(args, checkpoint).release_options(),
+            "input": str(args.input), "output": str(args.output), "denoised": len(outputs) - failed,
+            "failed": failed, "options": {"seed": args.seed, **_inference_config(args, checkpoint).release_options(),
             "tile": args.tile, "overlap": args.overlap}, "checkpoint": checkpoint_record(checkpoint),
         }  # fmt: skip
         pairs = [(source.name, source, target) for source, target in outputs.items()]
         print(f"wrote {report.write_folder_report(args.report, pairs, summary)}")
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 def _dnd(args: argparse.Namespace) -> int:
     from ambsn_jax.evaluation import dnd
 
     boxes = dnd.read_boxes(args.dnd)  # before the model loads: a wrong folder fails at once
-    denoiser = _denoiser(args, _checkpoint(args))
+    denoiser = _denoiser(args, _checkpoint(args), own_files=True)
     out = args.submission_dir
     dnd.denoise_dnd(denoiser, args.dnd, boxes, out, args.seed, _tiling(args))
-    print(f"wrote {sum(map(len, boxes))} boxes to {out}; upload {out / 'bundled'}")
+    if _lead():
+        print(f"wrote {sum(map(len, boxes))} boxes to {out}; upload {out / 'bundled'}")
     return 0
+
+
+def _lead() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _evaluate(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     mode = _mode(args)
+    from ambsn_jax.mesh import maybe_initialize_distributed
+
+    # Processes started as for training (JAX_COORDINATOR_ADDRESS, ...) join first.
+    maybe_initialize_distributed()
     enable_compilation_cache()
     if mode in ("demo", "sidd_val"):
         return _score_validation_set(args, args.sidd_val)

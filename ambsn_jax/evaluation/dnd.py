@@ -25,6 +25,7 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
+from ambsn_jax import mesh as meshlib
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import item_keys
 from ambsn_jax.files import atomic_path
@@ -89,22 +90,24 @@ def denoise_dnd(
     seed: int,
     tiling: Tiling,
 ) -> None:
-    """Writes every box's result and the bundled files; `all_boxes` as `read_boxes(root)` gives them.
+    """Writes the results of this process's share of the images (every image when it runs
+    alone): each box's file and the image's bundled file; `all_boxes` as `read_boxes` gives them.
 
     Box n, counted over all images in order, draws its R3 randomness from `item_keys(seed, [n])`.
     """
     root, out_dir = Path(root), Path(out_dir)
-    n = 0
-    with tqdm(total=sum(map(len, all_boxes)), desc="DND", unit="box", disable=None) as bar:
-        for image, boxes in enumerate(all_boxes, start=1):
+    first_box = np.cumsum([0, *map(len, all_boxes)])
+    mine = meshlib.my_share(len(all_boxes))
+    with tqdm(total=sum(len(all_boxes[i]) for i in mine), desc="DND", unit="box", disable=None) as bar:
+        for i in mine:
+            image, boxes = i + 1, all_boxes[i]
             noisy = read_noisy(root, image)
             crops = np.empty(len(boxes), dtype=object)  # saved as a MATLAB cell, as the kit does
             for k, box in enumerate(boxes):
                 crop = _crop(noisy, box, f"{root / 'info.mat'} (image {image}, box {k + 1})")
-                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [n])[0], tiling)
+                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [first_box[i] + k])[0], tiling)
                 crops[k] = (np.asarray(postprocess(out)) / 255.0).astype(np.float32)
                 _save_mat(out_dir / f"{image:04d}_{k + 1:02d}.mat", {"Idenoised_crop": crops[k]})
-                n += 1
                 bar.update()
             _save_mat(
                 out_dir / "bundled" / f"{image:04d}.mat",

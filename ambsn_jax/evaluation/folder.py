@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ambsn_jax import mesh as meshlib
 from ambsn_jax.data.images import read_image, write_image
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import item_keys
@@ -35,19 +37,28 @@ def denoise_files(
     seed: int,
     tiling: Tiling,
 ) -> list[str]:
-    """Denoises every input onto its output path; returns one message per file that failed.
+    """Denoises this process's share of the inputs onto their output paths (every input when
+    it runs alone); returns one message per file that failed.
 
     A file that cannot be read or written does not stop the others. Image i (in the order
-    given) draws its R3 randomness from `item_keys(seed, [i])`; large images are tiled.
+    given) draws its R3 randomness from `item_keys(seed, [i])` whichever process takes it;
+    large images are tiled.
     """
+    items = list(outputs.items())
+    mine = meshlib.my_share(len(items))
     failures = []
-    for i, (source, target) in enumerate(tqdm(outputs.items(), desc="denoising", unit="image", disable=None)):
-        try:
-            image, info = read_image(source)
-            out = denoise_image(denoiser, image, item_keys(seed, [i])[0], tiling)
-            # write_image rounds as `postprocess` does (+0.5, floor, clip), at the file's own depth:
-            # bit-identical for 8-bit files, and 16-bit files keep the network's finer output.
-            write_image(target, np.asarray(out), info)
-        except UserError as e:
-            failures.append(str(e))
+    with tqdm(total=len(mine), desc="denoising", unit="image", disable=None) as bar:
+        for count, i in enumerate(mine, start=1):
+            source, target = items[i]
+            try:
+                image, info = read_image(source)
+                out = denoise_image(denoiser, image, item_keys(seed, [i])[0], tiling)
+                # write_image rounds as `postprocess` does (+0.5, floor, clip), at the file's own depth:
+                # bit-identical for 8-bit files, and 16-bit files keep the network's finer output.
+                write_image(target, np.asarray(out), info)
+            except UserError as e:
+                failures.append(str(e))
+            bar.update()
+            if bar.disable:  # no terminal to draw a bar on: a line per image instead
+                print(f"[{count}/{len(mine)}] {source} -> {target}", file=sys.stderr, flush=True)
     return failures

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -98,18 +99,22 @@ def denoise_blocks(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (n of its first block, rounded uint8 batch) for blocks (N, H, W, 3), in order.
 
-    Every call has the shape (batch, H, W, 3), so one compilation serves all blocks; the
+    Each call denoises `batch` blocks per device of the denoiser's mesh, every process its own
+    rows, and every process gets the whole call's results. Every call has one shape, so one
+    compilation serves all blocks (the last call is padded; its padding is dropped here); the
     time spent is added to `timing`. Blocks smaller than R3 needs are padded and cropped back.
     """
     n, h, w = blocks.shape[:3]
     blocks = pad_to_min_side(blocks, denoiser.min_side(), axes=(1, 2))
-    batch = min(batch, n)
+    devices = denoiser.devices
+    per_call = min(batch, -(-n // devices)) * devices
+    mine = denoiser.batch_denoiser.local_rows(per_call)
     start_time = time.perf_counter()
-    denoiser.compile((batch, *blocks.shape[1:3], 3))
+    denoiser.compile((len(mine), *blocks.shape[1:3], 3))
     timing.compile_s += time.perf_counter() - start_time
-    for indices, valid in padded_batches(n, batch):
+    for indices, valid in padded_batches(n, per_call):
         start_time = time.perf_counter()
-        out = denoiser(blocks[indices].astype(np.float32), item_keys(seed, indices))
+        out = denoiser.run(blocks[indices[mine]].astype(np.float32), item_keys(seed, indices[mine]))
         rounded = np.asarray(postprocess(out)).astype(np.uint8)[:valid, :h, :w]
         timing.run_s += time.perf_counter() - start_time
         timing.blocks += valid
@@ -212,7 +217,13 @@ def evaluate_validation(
         denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg)
     scores = score_validation(denoiser.bind(checkpoint.params), noisy, clean, seed, batch, limit, keep_outputs)
     options = {"dataset": str(root), "seed": seed, "batch": batch, "limit": limit, **cfg.release_options()}
-    return {**scores, "options": options, "checkpoint": checkpoint_record(checkpoint)}
+    return {
+        **scores,
+        "options": options,
+        "checkpoint": checkpoint_record(checkpoint),
+        "devices": denoiser.devices,
+        "processes": jax.process_count(),
+    }
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""The release's inference, compiled: one program per input shape, parameters passed per call."""
+"""The release's inference, compiled over a device mesh: one program per input shape,
+parameters passed per call, items split over the devices (and processes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from ambsn_jax import mesh as meshlib
 from ambsn_jax.inference.release import InferenceConfig, Network, denoise, self_ensemble
 from ambsn_jax.nets import registry
 
@@ -42,44 +46,84 @@ def fold_in_each(key: jax.Array, indices: Sequence[int] | np.ndarray) -> jax.Arr
 
 
 class BatchDenoiser:
-    """The inference `cfg` of network `arch` / `config`, compiled: `denoiser(params, x, keys)`.
+    """The inference `cfg` of network `arch` / `config`, compiled over the devices of `mesh`.
 
-    Image i draws its randomness (R3's replacement masks) from keys[i] alone, so its result
-    does not depend on which images share its batch, and scores do not change with the batch
-    size. The parameters are an argument of the compiled function, not constants baked into
-    it: compiling stays fast at any width, and training scores each new set of parameters
-    with the same program. jit caches one executable per input shape.
+    `denoiser.bind(params)(x, keys)` denoises a batch, its items split over the mesh's `data`
+    axis (default: every device of every host). Item i draws its randomness (R3's replacement
+    masks) from keys[i] alone, so its result depends neither on which items share its batch nor
+    on the number of devices or processes. The parameters are an argument of the compiled
+    function, not constants baked into it: compiling stays fast at any width, and training
+    scores each new set of parameters with the same program. jit caches one executable per
+    input shape.
     """
 
-    def __init__(self, arch: str, config: Any, cfg: InferenceConfig):
+    def __init__(self, arch: str, config: Any, cfg: InferenceConfig, mesh: Mesh | None = None):
         self.cfg = cfg
+        self.mesh = mesh if mesh is not None else meshlib.make_mesh()
+        self._items = NamedSharding(self.mesh, P(meshlib.DATA_AXIS))
+        self._replicated = NamedSharding(self.mesh, P())
         pure = partial(_denoise_one, registry.graphdef(arch, config), cfg)
-        self._fn: Callable = jax.jit(jax.vmap(pure, in_axes=(None, 0, 0)))
 
-    def __call__(self, params: Params, x: jax.Array | np.ndarray, keys: jax.Array) -> jax.Array:
-        """(N, H, W, 3) float in 0..255, keys (N,) -> the same shape, unrounded (`postprocess` rounds)."""
-        return self._fn(params, jnp.asarray(x, jnp.float32), keys)
+        def run(params: Params, x: jax.Array, key_data: jax.Array) -> jax.Array:
+            # Keys travel as raw uint32 data: global arrays are assembled from host arrays.
+            return jax.vmap(pure, in_axes=(None, 0, 0))(params, x, jax.random.wrap_key_data(key_data))
 
-    def compile(self, params: Params, shape: tuple[int, ...]) -> None:
-        """Compile for (N, H, W, 3) batches now rather than on the first call.
+        self._fn: Callable = jax.jit(
+            run, in_shardings=(self._replicated, self._items, self._items), out_shardings=self._items
+        )
 
-        Lets a caller time compilation apart from running; the jit cache keeps the result.
-        """
-        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), shape[0]))
-        self._fn.lower(params, jax.ShapeDtypeStruct(shape, jnp.float32), keys).compile()
+    @property
+    def devices(self) -> int:
+        return self.mesh.size
+
+    def bind(self, params: Params) -> BoundDenoiser:
+        """This compiled inference with `params` (replicated onto the mesh once, here)."""
+
+        def place(a: Any) -> jax.Array:
+            if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(self._replicated, a.ndim):
+                return a
+            return jax.make_array_from_process_local_data(self._replicated, np.asarray(a))
+
+        return BoundDenoiser(self, jax.tree.map(place, params))
 
     def min_side(self) -> int:
         """The shortest side R3's reflection padding accepts; smaller inputs are padded first."""
         return self.cfg.pd_pad + 1
 
-    def bind(self, params: Params) -> BoundDenoiser:
-        """This compiled inference with `params`: what evaluation calls, image batch by batch."""
-        return BoundDenoiser(self, params)
+    def _global(self, local: np.ndarray) -> jax.Array:
+        return jax.make_array_from_process_local_data(self._items, local)
+
+    def local_rows(self, n: int) -> np.ndarray:
+        """The rows of a global batch of `n` items (a multiple of the mesh's devices) that this
+        process feeds, in order: what `run` takes from it."""
+        shards = self._items.devices_indices_map((n,))
+        mine = [shards[d][0] for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+        return np.concatenate([np.arange(n)[s] for s in sorted(mine, key=lambda s: s.start or 0)])
+
+    def run(self, params: Params, x: np.ndarray, keys: jax.Array) -> np.ndarray:
+        """This process's rows `x` (`local_rows` of a global batch) and their keys -> the whole
+        global batch's outputs, unrounded, on every process (a collective when the mesh spans
+        several)."""
+        key_data = np.asarray(jax.random.key_data(keys))
+        out = self._fn(params, self._global(np.asarray(x, np.float32)), self._global(key_data))
+        return meshlib.gather(out)
+
+    def compile(self, params: Params, local_shape: tuple[int, ...]) -> None:
+        """Compile for batches of this process's shape (N, H, W, 3) now rather than on the first
+        call: lets a caller time compilation apart from running; the jit cache keeps the result."""
+        n = local_shape[0] * self.mesh.size // self.local_devices()
+        x = jax.ShapeDtypeStruct((n, *local_shape[1:]), jnp.float32, sharding=self._items)
+        keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=self._items)
+        self._fn.lower(params, x, keys).compile()
+
+    def local_devices(self) -> int:
+        """How many of the mesh's devices this process feeds: its rows of a batch are a multiple."""
+        return sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
 
 
 @dataclasses.dataclass(frozen=True)
 class BoundDenoiser:
-    """A `BatchDenoiser` and the parameters it runs with: `denoiser(x, keys)`.
+    """A `BatchDenoiser` and the parameters it runs with.
 
     Cheap to make: it shares the compiled program, so training binds each new set of
     parameters to the same `BatchDenoiser` rather than changing one in place.
@@ -92,11 +136,24 @@ class BoundDenoiser:
     def cfg(self) -> InferenceConfig:
         return self.batch_denoiser.cfg
 
-    def __call__(self, x: jax.Array | np.ndarray, keys: jax.Array) -> jax.Array:
-        return self.batch_denoiser(self.params, x, keys)
+    def __call__(self, x: jax.Array | np.ndarray, keys: jax.Array) -> np.ndarray:
+        """A batch (N, H, W, 3) in 0..255 held by this process alone, keys (N,) -> the same
+        shape, unrounded (`postprocess` rounds). Padded here to a multiple of the devices."""
+        x = np.asarray(x, np.float32)
+        n, m = x.shape[0], self.batch_denoiser.local_devices()
+        fill = np.minimum(np.arange(-(-n // m) * m), n - 1)
+        return self.batch_denoiser.run(self.params, x[fill], keys[fill])[:n]
 
-    def compile(self, shape: tuple[int, ...]) -> None:
-        self.batch_denoiser.compile(self.params, shape)
+    def run(self, x: np.ndarray, keys: jax.Array) -> np.ndarray:
+        """`BatchDenoiser.run` with these parameters: this process's rows of a global batch."""
+        return self.batch_denoiser.run(self.params, x, keys)
+
+    def compile(self, local_shape: tuple[int, ...]) -> None:
+        self.batch_denoiser.compile(self.params, local_shape)
 
     def min_side(self) -> int:
         return self.batch_denoiser.min_side()
+
+    @property
+    def devices(self) -> int:
+        return self.batch_denoiser.devices

@@ -35,7 +35,8 @@ def denoise_image(
     weight = np.outer(_blend_window(th, tiling.overlap), _blend_window(tw, tiling.overlap))[..., None]
     acc = np.zeros((ph, pw, image.shape[2]), np.float32)
     norm = np.zeros((ph, pw, 1), np.float32)
-    for indices, valid in padded_batches(len(origins), tiling.batch):
+    # `tiling.batch` tiles per device: the calls fill every device of the denoiser's mesh.
+    for indices, valid in padded_batches(len(origins), tiling.batch * denoiser.devices):
         tiles = np.stack([image[y : y + th, x : x + tw] for y, x in (origins[i] for i in indices)])
         out = np.asarray(denoiser(tiles, fold_in_each(key, indices)))
         for i, o in zip(indices[:valid], out):

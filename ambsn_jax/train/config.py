@@ -80,7 +80,7 @@ class OptimSection:
 class ValSection:
     dir: str | None  # folder of SIDD validation .mat files, or "demo"; null: no validation
     blocks_per_image: int | None  # validate on the first blocks of every image; null: all
-    batch_size: int  # blocks per inference call
+    batch_size: int  # blocks per device per inference call
 
 
 @dataclasses.dataclass(frozen=True)

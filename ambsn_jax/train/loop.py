@@ -192,12 +192,11 @@ class RunLog:
 def validation_scores(
     denoiser: BatchDenoiser, params: dict, val: tuple[np.ndarray, np.ndarray], cfg: Config
 ) -> dict[str, float]:
-    """Mean PSNR / SSIM of the validation subset under the release's full default inference."""
-    # One host-local copy of the replicated parameters: validation runs on this host's first
-    # device (every host computes the same scores, which each host's manager records).
-    local = jax.tree.map(lambda a: a.addressable_data(0), params)
+    """Mean PSNR / SSIM of the validation subset under the release's full default inference,
+    its blocks split over the training mesh (every host gets the same scores, which each
+    host's manager records)."""
     noisy, clean = val
-    scores = sidd_eval.score_validation(denoiser.bind(local), noisy, clean, cfg.seed, cfg.val.batch_size)
+    scores = sidd_eval.score_validation(denoiser.bind(params), noisy, clean, cfg.seed, cfg.val.batch_size)
     return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
 
 
@@ -233,7 +232,7 @@ def train(cfg: Config, workdir: Path) -> int:
         state = state._replace(params=jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params))
     # One compiled inference for the run: each validation binds the current parameters to it.
     inference = default_inference(meta)
-    denoiser = BatchDenoiser(meta.arch, meta.config, inference)
+    denoiser = BatchDenoiser(meta.arch, meta.config, inference, mesh)
 
     batches = training_batches(
         paths,
@@ -294,10 +293,10 @@ def train(cfg: Config, workdir: Path) -> int:
             log.close()
             data_iter.close()
 
-    if not lead:
-        return 0
     early = last_step < total_steps
     if val_dir is None:
+        if not lead:
+            return 0
         print(
             "no validation set was given, so no checkpoint was scored and the latest is kept as the result; "
             "to score during training, add --set val.dir=<folder of SIDD validation .mat files>"
@@ -307,6 +306,8 @@ def train(cfg: Config, workdir: Path) -> int:
     # The final score is evaluate.py's own report on the best (else latest) checkpoint.
     best = store.load_checkpoint(workdir)
     report = sidd_eval.evaluate_validation(best, val_dir, inference, cfg.seed, cfg.val.batch_size, denoiser=denoiser)
+    if not lead:
+        return 0
     report["training"] = {"steps": last_step, "of_steps": total_steps, "stopped_early": early}
     sidd_eval.write_json(workdir / EVAL_FILE, report)
     print(f"step {best.step} (best by validation PSNR): {sidd_eval.summary_line(report)}")
