@@ -1,7 +1,8 @@
-"""Shared fixtures: random-init networks of the PyTorch reference, and their Flax twins.
+"""Shared fixtures: random-init networks of the PyTorch reference and their Flax twins, and the
+tiny SIDD-format data sets and checkpoints that the evaluation and command-line tests share.
 
-The factories take a network: a width C for AM-BSN, or a config of `ambsn_jax.family`
-(e.g. `MMBSNConfig(base_ch=8)`), which names the architecture too.
+The network factories take a network: a width C for AM-BSN, or a typed config of any network
+of `ambsn_jax.nets.registry` (e.g. `MMBSNConfig(base_ch=8)`), which names the architecture too.
 """
 
 from __future__ import annotations
@@ -9,42 +10,48 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
-from ambsn_jax import torch_port
-from ambsn_jax.family import Model, ModelConfig, arch_of
-from ambsn_jax.model import AMBSNConfig
-from convert.reference import Denoiser, release_bsn
+from ambsn_jax.checkpoint.meta import CheckpointMeta
+from ambsn_jax.checkpoint.store import save_params
+from ambsn_jax.convert import torch_port
+from ambsn_jax.convert.reference import ReleaseDenoiser
+from ambsn_jax.data.sidd import save_blocks_mat
+from ambsn_jax.evaluation.sidd import BENCHMARK_NOISY, VALIDATION_CLEAN, VALIDATION_NOISY
+from ambsn_jax.nets import registry
+from ambsn_jax.nets.ambsn import AMBSNConfig
+from tests import helpers
 
-# The commands run in-process here keep compiled programs on disk (ambsn_jax.cli); the tests'
-# small shapes stay out of the user's cache (test_cli.py checks the cache itself).
+# The commands run in-process here keep compiled programs on disk (ambsn_jax.cli.common); the
+# tests' small shapes stay out of the user's cache (tests/cli/test_common.py checks the cache).
 os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
 
 # Parity is defined against float32 convolutions; TF32 (the GPU default) alone moves outputs
 # by ~0.3, so the tests pin full precision wherever they run.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# Random-init outputs are ~0.3 at most, 1000x below trained 0..255 outputs, and the measured
-# float32 gap is ~1e-7: the tests hold parity far tighter than the issue's 5e-3 so that a
-# small mistake (one bias, one tap) cannot hide under the bound.
-PARITY_TOL = 1e-4
-
 StateDict = dict[str, torch.Tensor]
-NetSpec = int | ModelConfig  # a width C for AM-BSN, or any network's config
+NetSpec = int | object  # a width C for AM-BSN, or any network's typed config
+
+
+def _typed(net: NetSpec):
+    return AMBSNConfig(base_ch=net) if isinstance(net, int) else net
 
 
 def _release_bsn(net: NetSpec) -> torch.nn.Module:
-    cfg = AMBSNConfig(base_ch=net) if isinstance(net, int) else net
-    return release_bsn(arch_of(cfg), cfg.to_dict())
+    cfg = _typed(net)
+    return registry.of_config(cfg).reference(cfg)
 
 
 @pytest.fixture(scope="session")
 def official_state_dict() -> Callable[[NetSpec], StateDict]:
-    """Factory: network -> the state dict (keys `bsn.*`) of a random-init reference Denoiser.
+    """Factory: network -> the state dict (keys `bsn.*`) of a random-init ReleaseDenoiser.
 
     Taken before any forward, so its masked taps are still non-zero (the reference zeroes
     them in place when it runs), and its biases are non-zero (PyTorch's default init): a
@@ -54,17 +61,17 @@ def official_state_dict() -> Callable[[NetSpec], StateDict]:
     @functools.cache
     def make(net: NetSpec) -> StateDict:
         torch.manual_seed(net if isinstance(net, int) else net.base_ch)
-        return {k: v.clone() for k, v in Denoiser(bsn=_release_bsn(net)).state_dict().items()}
+        return {k: v.clone() for k, v in ReleaseDenoiser(bsn=_release_bsn(net)).state_dict().items()}
 
     return make
 
 
 @pytest.fixture(scope="session")
-def reference(official_state_dict) -> Callable[..., Denoiser]:
-    """Factory: (network, **switches of the release's Denoiser) -> a fresh reference with those weights."""
+def reference(official_state_dict) -> Callable[..., ReleaseDenoiser]:
+    """Factory: (network, **switches of the release's wrapper) -> a fresh reference with those weights."""
 
-    def make(net: NetSpec, **switches) -> Denoiser:
-        ref = Denoiser(bsn=_release_bsn(net), **switches)
+    def make(net: NetSpec, **switches) -> ReleaseDenoiser:
+        ref = ReleaseDenoiser(bsn=_release_bsn(net), **switches)
         ref.load_state_dict(official_state_dict(net), strict=True)
         return ref.eval()
 
@@ -72,32 +79,24 @@ def reference(official_state_dict) -> Callable[..., Denoiser]:
 
 
 @pytest.fixture(scope="session")
-def flax_model(official_state_dict) -> Callable[[NetSpec], Model]:
+def flax_model(official_state_dict) -> Callable[[NetSpec], nnx.Module]:
     """Factory: network -> the Flax network converted from `official_state_dict` (shared: no training)."""
 
     @functools.cache
-    def make(net: NetSpec) -> Model:
-        sd = official_state_dict(net)
-        return torch_port.model_from_state_dict({k: v.numpy() for k, v in sd.items()})
+    def make(net: NetSpec) -> nnx.Module:
+        params, cfg = torch_port.params_from_state_dict(helpers.numpy_sd(official_state_dict(net)))
+        return nnx.merge(registry.graphdef(registry.of_config(cfg).name, cfg), params)
 
     return make
-
-
-def _nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def _nhwc(y: torch.Tensor) -> np.ndarray:
-    return y.detach().numpy().transpose(0, 2, 3, 1)
 
 
 @pytest.fixture(scope="session")
 def assert_parity() -> Callable[..., None]:
     """(jax_fn, torch_fn, x NHWC numpy, tol) -> asserts max |jax_fn(x) - torch_fn(x as NCHW)| <= tol."""
 
-    def check(jax_fn: Callable, torch_fn: Callable, x: np.ndarray, tol: float = PARITY_TOL) -> None:
+    def check(jax_fn: Callable, torch_fn: Callable, x: np.ndarray, tol: float = helpers.PARITY_TOL) -> None:
         with torch.no_grad():
-            want = _nhwc(torch_fn(_nchw(x)))
+            want = helpers.nhwc(torch_fn(helpers.nchw(x)))
         got = np.asarray(jax_fn(jax.numpy.asarray(x)))
         assert got.shape == want.shape
         diff = float(np.max(np.abs(got - want)))
@@ -109,3 +108,60 @@ def assert_parity() -> Callable[..., None]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# --- tiny SIDD-format data and checkpoints (evaluation, command lines, the API) --------------
+
+
+@pytest.fixture(scope="session")
+def val_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sidd_val")
+    noisy, clean = helpers.sidd_blocks(0)
+    save_blocks_mat(root / VALIDATION_NOISY, noisy, "ValidationNoisyBlocksSrgb")
+    save_blocks_mat(root / VALIDATION_CLEAN, clean, "ValidationGtBlocksSrgb")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bench_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sidd_bench")
+    save_blocks_mat(root / BENCHMARK_NOISY, helpers.sidd_blocks(1)[0], "BenchmarkNoisyBlocksSrgb")
+    return root
+
+
+@pytest.fixture(scope="session")
+def scaled_state_dict(official_state_dict) -> StateDict:
+    """A random width-8 reference network with outputs around 128 +- 30 rather than ~0.3, so
+    that rounding, channel order and both metrics see real values (~0.3 all rounds to 0)."""
+    sd = {k: v.clone() for k, v in official_state_dict(8).items()}
+    sd["bsn.tail.6.weight"] *= 100.0
+    sd["bsn.tail.6.bias"] += 128.0
+    return sd
+
+
+@pytest.fixture(scope="session")
+def scaled_params(scaled_state_dict) -> tuple[dict, AMBSNConfig]:
+    """(params, typed config) of the scaled network."""
+    return torch_port.params_from_state_dict(helpers.numpy_sd(scaled_state_dict))
+
+
+@pytest.fixture(scope="session")
+def model(scaled_params) -> nnx.Module:
+    params, cfg = scaled_params
+    return nnx.merge(registry.graphdef("ambsn", cfg), params)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory, scaled_params) -> Path:
+    """The scaled network as an Orbax checkpoint (release PD: 5, padding 2)."""
+    params, cfg = scaled_params
+    path = tmp_path_factory.mktemp("ckpt") / "orbax"
+    save_params(path, params, CheckpointMeta.for_release("ambsn", cfg, source="scaled test network"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pth(tmp_path_factory, scaled_state_dict) -> Path:
+    path = tmp_path_factory.mktemp("pth") / "release.pth"
+    torch.save({"epoch": 1, "model_weight": {"denoiser": scaled_state_dict}}, path)
+    return path

@@ -1,0 +1,80 @@
+"""The Grain input pipeline (ambsn_jax.data.pipeline): crops, augmentation, hosts, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ambsn_jax.data.pipeline import augment, batch_iterator, training_batches
+from ambsn_jax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Six smooth random colour images of 36 x 44 (blurred noise), as PNG files."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = cv2.GaussianBlur(rng.uniform(0, 255, (36, 44, 3)).astype(np.float32), (0, 0), 2)
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), np.clip(image * 3 - 255, 0, 255).astype(np.uint8))
+    return folder
+
+
+def test_augment_is_a_rotation_or_flip_of_the_crop():
+    crop = np.arange(5 * 5 * 3).reshape(5, 5, 3)
+    variants = [np.rot90(c, k) for c in (crop, crop[:, ::-1]) for k in range(4)]
+    seen = set()
+    for seed in range(64):
+        out = augment(crop, np.random.default_rng(seed))
+        matches = [i for i, v in enumerate(variants) if np.array_equal(out, v)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(8))
+
+
+def test_batches_are_deterministic_crops_split_evenly_across_hosts(images):
+    paths = sorted(images.glob("*.png"))
+    one = training_batches(paths, crop=20, global_batch=4, seed=3)
+    first = [one[i] for i in range(4)]
+    assert first[0].shape == (4, 20, 20, 3) and first[0].dtype == np.float32
+    assert 0 <= first[0].min() and first[0].max() <= 255 and first[0].std() > 1
+    assert not np.array_equal(first[0], training_batches(paths, crop=20, global_batch=4, seed=4)[0])
+    np.testing.assert_array_equal(training_batches(paths, crop=20, global_batch=4, seed=3)[2], first[2])
+    # One epoch (6 images) spans batches 0 and 1: every image once, so no two crops alike.
+    sources = np.concatenate(first[:2])[:6].reshape(6, -1)
+    assert len({row.tobytes() for row in sources}) == 6
+    halves = [training_batches(paths, crop=20, global_batch=4, seed=3, process_index=p, process_count=2) for p in (0, 1)]
+    for b in range(4):
+        np.testing.assert_array_equal(np.concatenate([halves[0][b], halves[1][b]]), first[b])
+
+
+def test_crop_larger_than_an_image_is_a_user_error(images):
+    batches = training_batches(sorted(images.glob("*.png")), crop=40, global_batch=2, seed=0)
+    with pytest.raises(UserError, match=r"44x36 is smaller than the 40x40 training crop"):
+        batches[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_iterator_continues_the_exact_sequence(images, tmp_path, workers):
+    batches = training_batches(sorted(images.glob("*.png")), crop=20, global_batch=2, seed=5)
+    it = batch_iterator(batches, workers)
+    for _ in range(3):
+        next(it)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    want = [next(it) for _ in range(4)]
+    it.close()
+    fresh = batch_iterator(batches, workers)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+    got = [next(fresh) for _ in range(4)]
+    fresh.close()
+    for g, w, index in zip(got, want, range(3, 7)):
+        np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(g, batches[index])

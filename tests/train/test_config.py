@@ -1,0 +1,65 @@
+"""Training configs (ambsn_jax.train.config): the shipped recipes, overrides, checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import ambsn_jax
+from ambsn_jax.errors import UserError
+from ambsn_jax.train import config as configlib
+from tests.helpers import flat
+
+
+def test_configs_are_package_data():
+    assert configlib.CONFIG_DIR == Path(ambsn_jax.__file__).resolve().parent / "configs"
+    assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == ["apbsn_sidd", "demo", "mmbsn_sidd", "sidd", "sidd_bench"]
+
+
+def test_sidd_configs_hold_the_release_recipe():
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "x")])
+    assert (cfg.model.base_ch, cfg.data.crop, cfg.train.batch_size, cfg.train.pd, cfg.train.epochs) == (128, 120, 8, 5, 30)
+    assert (cfg.data.patch_size, cfg.data.patch_stride, cfg.data.patches) == (512, 384, True)
+    assert (cfg.optim.lr, cfg.optim.b1, cfg.optim.b2, cfg.optim.grad_clip) == (2e-4, 0.9, 0.999, None)
+    assert (cfg.optim.decay_every_epochs, cfg.optim.decay_rate, cfg.optim.warmup_steps) == (8, 0.1, 0)
+    bench = configlib.resolve("sidd_bench", [(["data", "dir"], "x")])
+    assert bench.train.batch_size == 16 and bench.name == "sidd_bench"
+    assert bench.to_dict() | {"name": "sidd", "train": cfg.to_dict()["train"]} == cfg.to_dict()
+    demo = configlib.resolve("demo")
+    assert demo.data.dir == "demo" and demo.val.dir == "demo" and demo.data.crop % demo.train.pd == 0
+
+
+@pytest.mark.parametrize("name,arch,lr,epochs", [("apbsn_sidd", "apbsn", 1e-4, 20), ("mmbsn_sidd", "mmbsn", 1e-4, 30)])
+def test_configs_hold_the_release_recipes(name, arch, lr, epochs):
+    tree, sidd = flat(configlib.load_yaml_tree(name)), flat(configlib.load_yaml_tree("sidd"))
+    assert (tree["model.arch"], tree["optim.lr"], tree["train.epochs"]) == (arch, lr, epochs)
+    # Everything else is AM-BSN's recipe.
+    differ = {"name", "model.arch", "optim.lr", "train.epochs"}
+    assert {k: v for k, v in tree.items() if k not in differ} == {k: v for k, v in sidd.items() if k not in differ}
+
+
+def test_overrides_are_yaml_typed_and_checked():
+    cfg = configlib.resolve("sidd", [configlib.parse_override(s) for s in ("data.dir=/d", "optim.lr=1e-3", "optim.grad_clip=2")])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.grad_clip == 2.0 and cfg.data.dir == "/d"
+    with pytest.raises(UserError, match="unknown config key optim.lrr; valid keys: .*optim.lr"):
+        configlib.resolve("sidd", [configlib.parse_override("optim.lrr=1")])
+    with pytest.raises(UserError, match="train.batch_size: 'eight' is not int"):
+        configlib.resolve("sidd", [configlib.parse_override("data.dir=x"), configlib.parse_override("train.batch_size=eight")])
+    with pytest.raises(UserError, match="model.arch 'unet': must be one of ambsn, apbsn, mmbsn"):
+        configlib.resolve("sidd", [configlib.parse_override("data.dir=x"), configlib.parse_override("model.arch=unet")])
+    with pytest.raises(UserError, match="config key train.max_steps: 0 must be positive"):
+        configlib.resolve("sidd", [configlib.parse_override("data.dir=x"), configlib.parse_override("train.max_steps=0")])
+    with pytest.raises(UserError, match="config key train.pd_pad: -1 must not be negative"):
+        configlib.resolve("sidd", [configlib.parse_override("data.dir=x"), configlib.parse_override("train.pd_pad=-1")])
+    with pytest.raises(UserError, match="multiple of train.pd"):
+        configlib.resolve("sidd", [configlib.parse_override("data.dir=x"), configlib.parse_override("data.crop=42")])
+    with pytest.raises(UserError, match="no config named 'nope'; known configs: .*demo, .*sidd, sidd_bench"):
+        configlib.resolve("nope")
+    with pytest.raises(UserError, match=r"--set 'optim.lr': expected key=value"):
+        configlib.parse_override("optim.lr")
+
+
+def test_check_values_is_what_resolve_applies():
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "x"), (["train", "pd"], 4), (["data", "crop"], 120)])
+    assert configlib.check_values(cfg) is cfg and cfg.train.pd == 4

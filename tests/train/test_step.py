@@ -1,0 +1,127 @@
+"""The objective, the optimizer and the jitted step (ambsn_jax.train.step) against PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from ambsn_jax.inference.release import pd_forward
+from ambsn_jax.nets import registry
+from ambsn_jax.nets.apbsn import APBSNConfig
+from ambsn_jax.nets.mmbsn import MMBSNConfig
+from ambsn_jax.train import config as configlib
+from ambsn_jax.train.step import TrainState, l1_loss, lr_schedule, optimizer, train_step
+
+# Width 16: see tests/nets/test_apbsn.py.
+NARROW = {"apbsn": APBSNConfig(base_ch=16), "mmbsn": MMBSNConfig(base_ch=16)}
+
+
+def _blind_masks(cfg) -> dict:
+    """Weight key -> the blind-spot pattern multiplied into it."""
+    return {key.replace(".mask", ".weight"): m for key, (_, m) in registry.of_config(cfg).mask_map(cfg).items()}
+
+
+def test_train_step_matches_pytorch(reference, flax_model):
+    """Loss and gradients of one step equal the reference's L1 on its PD-5 forward."""
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "unused")])
+    ref = reference(8).train()
+    model = flax_model(8)
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    batch = np.random.default_rng(1).uniform(0, 255, (4, 20, 20, 3)).astype(np.float32)
+
+    x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
+    want_loss = torch.nn.functional.l1_loss(ref(x, pd=5), x)
+    want_loss.backward()
+
+    schedule = lr_schedule(cfg.optim, 10)
+    tx = optimizer(cfg.optim, schedule)
+    train_state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(0))
+    new_state, metrics = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train))(train_state, jnp.asarray(batch))
+    grads = jax.jit(jax.grad(l1_loss), static_argnums=(1, 3))(params, graphdef, jnp.asarray(batch), cfg.train)
+
+    assert abs(float(metrics["loss"]) - want_loss.item()) <= 1e-5 * want_loss.item()
+    assert int(new_state.step) == 1 and float(metrics["lr"]) == pytest.approx(2e-4)
+    # The reference masks its kernels in place, so autograd leaves gradients at blind taps;
+    # the port masks inside the forward, where they are zero. Only the rest can match.
+    masks = _blind_masks(model.config)
+    paths = registry.of_config(model.config).key_map(model.config)
+    want_sq = 0.0
+    for name, p in ref.bsn.named_parameters():
+        want = p.grad.numpy()
+        if name in masks:
+            want = want * masks[name]
+        if name.endswith(".weight"):
+            want = want.transpose(2, 3, 1, 0)
+        got = grads
+        for key in paths[name]:
+            got = got[key]
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=name)
+        want_sq += float(np.sum(want.astype(np.float64) ** 2))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), want_sq**0.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(NARROW))
+def test_family_training_loss_and_grads_match_the_reference(flax_model, reference, arch):
+    """L1 on the PD-5 forward (the releases' objective): loss and every gradient."""
+    cfg = NARROW[arch]
+    model, ref = flax_model(cfg), reference(cfg).train()
+    batch = np.random.default_rng(1).uniform(0, 255, (2, 20, 20, 3)).astype(np.float32)
+    x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
+    want_loss = torch.nn.functional.l1_loss(ref(x, pd=5), x)
+    want_loss.backward()
+
+    xj = jnp.asarray(batch)
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean(jnp.abs(pd_forward(m, xj, 5) - xj)))(model)
+    assert abs(float(loss) - want_loss.item()) <= 1e-5 * want_loss.item()
+    masks = _blind_masks(cfg)
+    paths = registry.get(arch).key_map(cfg)
+    flat = dict(nnx.to_flat_state(grads))
+    named = dict(ref.bsn.named_parameters())  # shared modules once, under their first name
+    assert len(named) == len(flat)
+    for name, p in named.items():
+        want = p.grad.numpy() * masks.get(name, 1)
+        if name.endswith(".weight"):
+            want = want.transpose(2, 3, 1, 0)
+        got = np.asarray(flat[paths[name]].get_value())
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=name)
+
+
+def test_pd_shuffle_draws_a_sub_image_order_per_step(flax_model):
+    """With the release's sub-image shuffle on, step s uses the order drawn from fold_in(key, s)."""
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "unused"), (["train", "pd_shuffle"], True)])
+    graphdef, state = nnx.split(flax_model(8))
+    params = nnx.to_pure_dict(state)
+    batch = jnp.asarray(np.random.default_rng(2).uniform(0, 255, (2, 20, 20, 3)).astype(np.float32))
+    schedule = lr_schedule(cfg.optim, 10)
+    tx = optimizer(cfg.optim, schedule)
+    key = jax.random.key(3)
+    train_state = TrainState(params, tx.init(params), jnp.asarray(5, jnp.int32), key)
+    new_state, _ = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train))(train_state, batch)
+    grad = jax.jit(jax.grad(l1_loss), static_argnums=(1, 3))
+
+    def update(perm: jax.Array | None) -> np.ndarray:
+        updates, _ = tx.update(grad(params, graphdef, batch, cfg.train, perm), train_state.opt_state, params)
+        return np.concatenate([np.ravel(u) for u in jax.tree.leaves(updates)])
+
+    got = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params))])
+    want = update(jax.random.permutation(jax.random.fold_in(key, 5), 25))
+    unshuffled = update(None)
+    scale = np.linalg.norm(want)
+    assert np.linalg.norm(got - want) < 1e-3 * scale < np.linalg.norm(unshuffled - want)
+
+
+def test_lr_schedule_is_the_release_step_decay():
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "unused")]).optim
+    schedule = lr_schedule(cfg, steps_per_epoch=10)
+    lrs = [float(schedule(s)) for s in (0, 79, 80, 159, 160)]
+    np.testing.assert_allclose(lrs, [2e-4, 2e-4, 2e-5, 2e-5, 2e-6], rtol=1e-6)
+    warm = lr_schedule(dataclasses.replace(cfg, warmup_steps=4), steps_per_epoch=10)
+    np.testing.assert_allclose([float(warm(s)) for s in (0, 3, 80)], [5e-5, 2e-4, 2e-5], rtol=1e-6)
