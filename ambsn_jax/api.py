@@ -76,14 +76,16 @@ def load(
     tta: bool = True,
     r3: bool = True,
     self_ensemble: bool = False,
-    bf16: bool = False,
+    precision: str | None = None,
     tiling: Tiling = Tiling(),
 ) -> ImageDenoiser:
     """A reusable denoiser for many images. `ckpt`: an Orbax directory, a training workdir or a
     release `.pth`; None: the shipped demo weights (a narrow network trained on synthetic
-    noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...)."""
+    noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...);
+    `precision` (highest, tf32, bf16) defaults to the platform's."""
     checkpoint = load_checkpoint(DEMO_CHECKPOINT if ckpt is None else ckpt)
-    cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, self_ensemble=self_ensemble, bf16=bf16)
+    switches = {} if precision is None else {"precision": precision}
+    cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, self_ensemble=self_ensemble, **switches)
     return ImageDenoiser(checkpoint, cfg, tiling, BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg))
 
 

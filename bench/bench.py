@@ -8,7 +8,9 @@ RSS) is its own and a failure costs only its row. Times are medians over `--repe
 a first call; a JAX first call is its compile (plus one run). A case's FLOPs are the release's:
 PyTorch's `FlopCounterMode` counts them in the reference's first call (AM-BSN: 7.76 MFLOP per
 bsn-input pixel; a training step counts forward and backward), and both frameworks' GFLOP/s
-divide that same count by their own time.
+divide that same count by their own time. Case `onnx256` is the bsn forward at 256 x 256 in
+onnxruntime (CPU) against JAX: its "torch" column is onnxruntime running the graph that
+`convert/to_onnx.py` writes, with the JAX model's random weights.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing convert/
 
 ARCHS = list(registry.ARCHITECTURES)
-CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step"]
+CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx256"]
 TRAIN_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
 MATMUL_N = 4096
 TRAIN_BATCH, TRAIN_CROP = 8, 120  # the release's recipe: batch 8 of 120 x 120 crops, PD 5
@@ -56,6 +58,10 @@ def _side(case: str) -> int:
     return int(case[len("forward") :]) if case.startswith("forward") else 256
 
 
+def _is_forward(case: str) -> bool:
+    return case.startswith("forward") or case == "onnx256"
+
+
 def run_jax(case: str, arch: str, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -75,7 +81,7 @@ def run_jax(case: str, arch: str, repeats: int) -> dict:
     model = registry.build(arch, {})
     side = _side(case)
     x = jnp.asarray(np.random.RandomState(0).uniform(0, 255, (1, side, side, 3)), jnp.float32)
-    if case.startswith("forward"):
+    if _is_forward(case):
         graphdef, state = nnx.split(model)
         f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
         return _timed(lambda: f(state, x).block_until_ready(), repeats)
@@ -126,6 +132,8 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
         a = torch.rand(MATMUL_N, MATMUL_N)
         return _timed(lambda: a @ a, repeats)
     torch.manual_seed(0)
+    if case == "onnx256":
+        return _onnxruntime_forward(arch, repeats)
     record = registry.get(arch)
     net = ReleaseDenoiser(bsn=record.reference(record.config()), tta=record.release_tta)
     if case == "train_step":
@@ -154,6 +162,32 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
             fn()
 
     r = _timed(fn, repeats, first_call=counted)
+    r["flops"] = counter.get_total_flops()
+    return r
+
+
+def _onnxruntime_forward(arch: str, repeats: int) -> dict:
+    """The bsn graph of a random-init JAX model in onnxruntime; FLOPs counted on the reference."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ambsn_jax.checkpoint.store import params_of
+    from ambsn_jax.convert import onnx_export
+
+    model = registry.build(arch, {})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bsn.onnx"
+        ref = onnx_export.reference_for_export(params_of(model), model.config)
+        onnx_export.export_graph(ref.bsn, path)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.RandomState(0).uniform(0, 255, (1, 3, 256, 256)).astype(np.float32)
+    r = _timed(lambda: session.run(None, {"x": x}), repeats)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        ref.bsn(torch.from_numpy(x))
     r["flops"] = counter.get_total_flops()
     return r
 

@@ -29,6 +29,7 @@ class CheckpointMeta:
     source_sha256: str | None = None  # of the .pth converted
     created: str | None = None  # ISO time of conversion
     note: str | None = None  # free text, e.g. the command that made shipped weights
+    ema_decay: float | None = None  # the weights served are a moving average of this decay; None: as trained
     tool_version: str = __version__
 
     @classmethod

@@ -33,7 +33,10 @@ META = "meta"
 OPT_STATE = "opt_state"  # training: the optimizer's state
 TRAIN = "train"  # training: step count and RNG key
 DATA = "data"  # training: the Grain iterator's position
-TRAINING_ITEMS = (OPT_STATE, TRAIN, DATA)
+# training with a moving average: the optimizer's own weights (`params` then holds the average,
+# the weights the checkpoint serves)
+TRAIN_PARAMS = "train_params"
+TRAINING_ITEMS = (OPT_STATE, TRAIN, DATA, TRAIN_PARAMS)
 # A training workdir keeps its manager here; load_checkpoint accepts the workdir itself too.
 WORKDIR_CHECKPOINTS = "checkpoints"
 # Training saves its validation scores with each step; the best step maximises this one.

@@ -14,6 +14,7 @@ from typing import Any
 
 from ambsn_jax.cli.common import ArgumentParser, enable_compilation_cache, run_cli
 from ambsn_jax.errors import UserError
+from ambsn_jax.ops.precision import PRECISIONS
 from ambsn_jax.ops.windows import Tiling
 
 # Dataset option -> the output option it needs.
@@ -72,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--no-r3", action="store_true", help="skip random-replacing refinement")
     inf.add_argument("--self-ensemble", action="store_true", help="average over the 8 rotations / flips")
     inf.add_argument(
-        "--bf16", action="store_true",
-        help="convolutions in bfloat16: for GPUs with tensor cores (slow on CPUs); PSNR cost in bench/NOTES.md",
+        "--precision", choices=PRECISIONS,
+        help="of the convolutions: highest (float32), tf32 or bf16 (GPU tensor cores; slow on CPUs); "
+        "default tf32 on GPUs, as PyTorch runs the releases there, highest elsewhere. PSNR cost in bench/NOTES.md",
     )  # fmt: skip
     inf.add_argument(
         "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
@@ -162,8 +164,9 @@ def _denoiser(args: argparse.Namespace, checkpoint: Any, own_files: bool = False
 def _inference_config(args: argparse.Namespace, checkpoint: Any):
     from ambsn_jax.inference.release import default_inference
 
+    precision = {} if args.precision is None else {"precision": args.precision}
     return default_inference(
-        checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble, bf16=args.bf16
+        checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble, **precision
     )
 
 

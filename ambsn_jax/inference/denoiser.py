@@ -16,28 +16,19 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ambsn_jax import mesh as meshlib
-from ambsn_jax.inference.release import InferenceConfig, Network, denoise, self_ensemble
+from ambsn_jax.inference.release import InferenceConfig, denoise, self_ensemble
 from ambsn_jax.nets import registry
+from ambsn_jax.ops.precision import convolutions_in, with_precision
 
 Params = dict[str, Any]
 
 
-def _in_bfloat16(net: nnx.Module) -> Network:
-    """`net` with every convolution computing in bfloat16: inputs and weights rounded to it, as
-    GPU tensor cores take them, and so are the activations between layers. Its output returns
-    to float32, whose 0..255 scale bfloat16 would round to steps of up to 1."""
-    for _, module in nnx.iter_modules(net):
-        if isinstance(module, nnx.Conv):
-            module.dtype = jnp.bfloat16
-    return lambda z: net(z).astype(jnp.float32)
-
-
 def _denoise_one(graphdef: nnx.GraphDef, cfg: InferenceConfig, params: Params, x: jax.Array, key: jax.Array) -> jax.Array:
-    net = nnx.merge(graphdef, params)
-    run = partial(denoise, _in_bfloat16(net) if cfg.bf16 else net, cfg=cfg)
-    if cfg.self_ensemble:
-        return self_ensemble(run, x[None], key)[0]
-    return run(x[None], key)[0]
+    run = partial(denoise, with_precision(nnx.merge(graphdef, params), cfg.precision), cfg=cfg)
+    with convolutions_in(cfg.precision):
+        if cfg.self_ensemble:
+            return self_ensemble(run, x[None], key)[0]
+        return run(x[None], key)[0]
 
 
 def fold_in_each(key: jax.Array, indices: Sequence[int] | np.ndarray) -> jax.Array:
@@ -76,6 +67,19 @@ class BatchDenoiser:
     def devices(self) -> int:
         return self.mesh.size
 
+    @property
+    def program(self) -> Callable:
+        """The jitted function `(params, x, key_data) -> out` over global arrays: for lowering
+        and export (`abstract_args` gives its arguments' shapes)."""
+        return self._fn
+
+    def abstract_args(self, params: Params, n: int, h: int, w: int) -> tuple[Any, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+        """`program`'s arguments for a global batch of `n` blocks of h x w, as shapes."""
+        shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self._replicated), params)
+        x = jax.ShapeDtypeStruct((n, h, w, 3), jnp.float32, sharding=self._items)
+        keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=self._items)
+        return shape, x, keys
+
     def bind(self, params: Params) -> BoundDenoiser:
         """This compiled inference with `params` (replicated onto the mesh once, here)."""
 
@@ -112,9 +116,7 @@ class BatchDenoiser:
         """Compile for batches of this process's shape (N, H, W, 3) now rather than on the first
         call: lets a caller time compilation apart from running; the jit cache keeps the result."""
         n = local_shape[0] * self.mesh.size // self.local_devices()
-        x = jax.ShapeDtypeStruct((n, *local_shape[1:]), jnp.float32, sharding=self._items)
-        keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=self._items)
-        self._fn.lower(params, x, keys).compile()
+        self._fn.lower(*self.abstract_args(params, n, *local_shape[1:3])).compile()
 
     def local_devices(self) -> int:
         """How many of the mesh's devices this process feeds: its rows of a batch are a multiple."""

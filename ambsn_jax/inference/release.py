@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from ambsn_jax.ops.pd import pd_down, pd_up
+from ambsn_jax.ops.precision import default_precision
 
 Network = Callable[[jax.Array], jax.Array]
 
@@ -32,13 +33,13 @@ class InferenceConfig:
     r3_t: int = 8
     r3_p: float = 0.16
     self_ensemble: bool = False  # average over the 8 rotations / flips
-    bf16: bool = False  # convolutions in bfloat16 (GPU tensor cores); PD, fusion and R3 in float32
+    precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
         return {
             "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
-            "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "bf16": self.bf16,
+            "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "precision": self.precision,
         }  # fmt: skip
 
 
@@ -48,8 +49,11 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
 
     AM-BSN fuses the PD-2 pass with a pass at the PD factor it was trained with (the release:
     5); AP-BSN and MM-BSN have no such fusion: PD 2, then R3, and `tta=True` keeps it so.
+    The precision defaults to the platform's (`ops.precision.default_precision`).
     """
-    release = InferenceConfig(pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta)
+    release = InferenceConfig(
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta, precision=default_precision()
+    )
     cfg = dataclasses.replace(release, **switches)
     return dataclasses.replace(cfg, tta=cfg.tta and release.tta)
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ambsn_jax.nets import registry
+from ambsn_jax.ops.precision import PRECISIONS
 from ambsn_jax.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -63,6 +64,9 @@ class TrainSection:
     epochs: int
     steps_per_epoch: int | None  # null: training images // batch_size
     max_steps: int | None  # stop early (total steps still set the schedule)
+    accum_steps: int  # the batch runs as this many micro-batches, gradients summed: same step, less memory
+    precision: str | None  # convolutions in highest, tf32 or bf16; null: the platform's default
+    profile_steps: list[int] | None  # [a, b]: a jax.profiler trace of steps a..b in <workdir>/profile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,7 @@ class OptimSection:
     decay_rate: float
     warmup_steps: int  # linear warmup from 0; 0: none
     grad_clip: float | None  # global-norm clipping; null: none
+    ema_decay: float | None  # exponential moving average of the weights, validated and served; null: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,7 @@ class CheckpointSection:
 @dataclasses.dataclass(frozen=True)
 class LogSection:
     every: int  # steps between metrics.jsonl / TensorBoard lines
+    images: int  # validation blocks shown in TensorBoard (noisy | denoised | clean) at each validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,11 +120,12 @@ _POSITIVE = (
     "model.base_ch", "data.patch_size", "data.patch_stride", "data.crop", "train.batch_size", "train.pd",
     "train.epochs", "train.steps_per_epoch", "train.max_steps", "optim.lr", "optim.decay_every_epochs",
     "val.blocks_per_image", "val.batch_size", "checkpoint.every", "checkpoint.keep", "log.every",
+    "train.accum_steps",
 )  # fmt: skip
-_NON_NEGATIVE = ("data.workers", "train.pd_pad", "optim.warmup_steps")
+_NON_NEGATIVE = ("data.workers", "train.pd_pad", "optim.warmup_steps", "log.images")
 
 # Keys a rerun in the same workdir may change: they do not alter the trained numbers.
-RESUMABLE_CHANGES = ("train.max_steps", "checkpoint.", "log.", "val.")
+RESUMABLE_CHANGES = ("train.max_steps", "train.profile_steps", "checkpoint.", "log.", "val.")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -169,12 +176,17 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
     if value is None and type(None) in allowed:
         return None
     for t in allowed:
+        if typing.get_origin(t) is list:
+            (item,) = typing.get_args(t)
+            if isinstance(value, list):
+                return [_typed(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+            continue
         # bool is an int to Python, never to a config; an int is a fine float.
         if t is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in allowed)
     raise UserError(f"config key {key}: {value!r} is not {names}")
 
 
@@ -232,6 +244,17 @@ def check_values(cfg: Config) -> Config:
         raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
     if cfg.data.dir is None:
         raise UserError("no training data: pass --data-dir (SIDD_Medium_Srgb or a folder of noisy images)")
+    if cfg.train.batch_size % cfg.train.accum_steps:
+        raise UserError(
+            f"train.batch_size {cfg.train.batch_size} does not divide into train.accum_steps {cfg.train.accum_steps} micro-batches"
+        )
+    if cfg.train.precision is not None and cfg.train.precision not in PRECISIONS:
+        raise UserError(f"train.precision {cfg.train.precision!r}: one of {', '.join(PRECISIONS)}, or null")
+    if cfg.optim.ema_decay is not None and not 0.0 < cfg.optim.ema_decay < 1.0:
+        raise UserError(f"optim.ema_decay {cfg.optim.ema_decay}: must lie strictly between 0 and 1 (or null)")
+    profile = cfg.train.profile_steps
+    if profile is not None and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+        raise UserError(f"train.profile_steps {profile}: must be [first, last] steps, 1 <= first <= last")
     flat = _flatten(cfg.to_dict())
     for key in _POSITIVE:
         if flat[key] is not None and flat[key] <= 0:

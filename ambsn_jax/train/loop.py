@@ -39,11 +39,38 @@ from ambsn_jax.train.step import (
     init_state,
     lr_schedule,
     optimizer,
+    Recipe,
+    served,
     train_step,
 )
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
+PROFILE_DIR = "profile"
+
+
+class Profiler:
+    """A `jax.profiler` trace of steps [first, last] (TensorBoard's profile plugin reads it)."""
+
+    def __init__(self, steps: list[int] | None, out: Path, enabled: bool):
+        self.first, self.last = steps if steps and enabled else (0, -1)
+        self.out = out
+        self.running = False
+
+    def before(self, step: int) -> None:
+        if step == self.first:
+            jax.profiler.start_trace(str(self.out))
+            self.running = True
+
+    def after(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        if self.running and step == self.last:
+            jax.block_until_ready(metrics)  # the trace holds the steps' device work, not just their dispatch
+            self.close()
+
+    def close(self) -> None:
+        if self.running:
+            jax.profiler.stop_trace()
+            self.running = False
 
 
 def training_images(cfg: DataSection, workdir: Path) -> list[Path]:
@@ -75,10 +102,16 @@ def initial_params(path: str, meta: CheckpointMeta) -> dict:
 
 
 def training_meta(cfg: Config) -> CheckpointMeta:
-    """The metadata of the run's checkpoints: the network, and the PD it trains with."""
+    """The metadata of the run's checkpoints: the network, the PD it trains with, and which
+    weights they serve."""
     config = registry.network_config(cfg.model.arch, {"base_ch": cfg.model.base_ch})
     return CheckpointMeta.for_network(
-        cfg.model.arch, config, train_pd=cfg.train.pd, train_pd_pad=cfg.train.pd_pad, source=f"config {cfg.name}"
+        cfg.model.arch,
+        config,
+        train_pd=cfg.train.pd,
+        train_pd_pad=cfg.train.pd_pad,
+        source=f"config {cfg.name}",
+        ema_decay=cfg.optim.ema_decay,
     )
 
 
@@ -107,13 +140,15 @@ def _train_item(state: TrainState) -> dict[str, jax.Array]:
 
 
 def _save_args(state: TrainState, meta: CheckpointMeta, data_iter: grain.DatasetIterator) -> ocp.args.Composite:
+    extra = {} if state.ema is None else {store.TRAIN_PARAMS: ocp.args.StandardSave(state.params)}
     return ocp.args.Composite(
-        **store.save_args(state.params, meta),
+        **store.save_args(served(state), meta),
         **{
             store.OPT_STATE: ocp.args.StandardSave(state.opt_state),
             store.TRAIN: ocp.args.StandardSave(_train_item(state)),
             store.DATA: grain.checkpoint.CheckpointSave(data_iter),
         },
+        **extra,
     )
 
 
@@ -122,20 +157,20 @@ def _restore(
 ) -> TrainState:
     """`state` (for its structure and shardings) and `data_iter`, restored from `step`."""
     abstract = partial(jax.tree.map, ocp.utils.to_shape_dtype_struct)
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                store.PARAMS: ocp.args.StandardRestore(abstract(state.params)),
-                store.OPT_STATE: ocp.args.StandardRestore(abstract(state.opt_state)),
-                store.TRAIN: ocp.args.StandardRestore(abstract(_train_item(state))),
-                store.DATA: grain.checkpoint.CheckpointRestore(data_iter),
-            }
-        ),
-    )
+    items = {
+        store.PARAMS: ocp.args.StandardRestore(abstract(served(state))),
+        store.OPT_STATE: ocp.args.StandardRestore(abstract(state.opt_state)),
+        store.TRAIN: ocp.args.StandardRestore(abstract(_train_item(state))),
+        store.DATA: grain.checkpoint.CheckpointRestore(data_iter),
+    }
+    if state.ema is not None:
+        items[store.TRAIN_PARAMS] = ocp.args.StandardRestore(abstract(state.params))
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
     train = restored[store.TRAIN]
     rng = jax.random.wrap_key_data(train["rng"], impl=jax.random.key_impl(state.rng))
-    return TrainState(restored[store.PARAMS], restored[store.OPT_STATE], train["step"], rng)
+    if state.ema is None:
+        return TrainState(restored[store.PARAMS], restored[store.OPT_STATE], train["step"], rng, None)
+    return TrainState(restored[store.TRAIN_PARAMS], restored[store.OPT_STATE], train["step"], rng, restored[store.PARAMS])
 
 
 def _step_of(line: str) -> float:
@@ -176,6 +211,14 @@ class RunLog:
             self.tb.add_scalar(f"{tb_prefix}/{key}", value, step)
         self.tb.flush()
 
+    def images(self, step: int, rows: list[np.ndarray]) -> None:
+        """Validation blocks as TensorBoard images, each a row noisy | denoised | clean."""
+        if not self.enabled:
+            return
+        for i, row in enumerate(rows):
+            self.tb.add_image(f"val/block{i}", row, step, dataformats="HWC")
+        self.tb.flush()
+
     def progress(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
@@ -191,13 +234,16 @@ class RunLog:
 
 def validation_scores(
     denoiser: BatchDenoiser, params: dict, val: tuple[np.ndarray, np.ndarray], cfg: Config
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[np.ndarray]]:
     """Mean PSNR / SSIM of the validation subset under the release's full default inference,
     its blocks split over the training mesh (every host gets the same scores, which each
-    host's manager records)."""
+    host's manager records), and the first `log.images` blocks as noisy | denoised | clean rows."""
     noisy, clean = val
-    scores = sidd_eval.score_validation(denoiser.bind(params), noisy, clean, cfg.seed, cfg.val.batch_size)
-    return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
+    scores = sidd_eval.score_validation(denoiser.bind(params), noisy, clean, cfg.seed, cfg.val.batch_size, keep_outputs=True)
+    flat_noisy, flat_clean = (v.reshape(-1, *v.shape[2:]) for v in val)
+    shown = range(min(cfg.log.images, len(flat_noisy)))
+    rows = [np.concatenate([flat_noisy[i], scores["denoised"][i], flat_clean[i]], axis=1) for i in shown]
+    return {"psnr": scores["psnr"], "ssim": scores["ssim"]}, rows
 
 
 def train(cfg: Config, workdir: Path) -> int:
@@ -225,13 +271,15 @@ def train(cfg: Config, workdir: Path) -> int:
     schedule = lr_schedule(cfg.optim, steps_per_epoch)
     tx = optimizer(cfg.optim, schedule)
     new_model = partial(registry.build, meta.arch, meta.config, cfg.seed)
-    state = jax.jit(partial(init_state, new_model, tx, cfg.seed), out_shardings=meshlib.replicated(mesh))()
+    recipe = Recipe.of(cfg)
+    state = jax.jit(partial(init_state, new_model, tx, cfg.seed, recipe), out_shardings=meshlib.replicated(mesh))()
     if init_params is not None:
         # Adam's initial state holds zeros and a count, not the parameters' values, so only
         # the parameters change; a resumed run restores its own below.
-        state = state._replace(params=jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params))
+        params = jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params)
+        state = state._replace(params=params, ema=None if state.ema is None else params)
     # One compiled inference for the run: each validation binds the current parameters to it.
-    inference = default_inference(meta)
+    inference = default_inference(meta, precision=recipe.precision)
     denoiser = BatchDenoiser(meta.arch, meta.config, inference, mesh)
 
     batches = training_batches(
@@ -244,7 +292,7 @@ def train(cfg: Config, workdir: Path) -> int:
     )
     data_iter = batch_iterator(batches, cfg.data.workers)
     step_fn = jax.jit(
-        partial(train_step, graphdef, tx, schedule, cfg.train),
+        partial(train_step, graphdef, tx, schedule, recipe),
         out_shardings=meshlib.replicated(mesh),
         donate_argnums=0,
     )
@@ -268,9 +316,11 @@ def train(cfg: Config, workdir: Path) -> int:
             # the segment outlives the run (Python's resource tracker then warns of a leak).
             return meshlib.shard_batch(np.array(next(data_iter)), mesh)
 
+        profiler = Profiler(cfg.train.profile_steps, workdir / PROFILE_DIR, lead)
         try:
             batch = next_batch() if start < last_step else None
             for step in range(start + 1, last_step + 1):
+                profiler.before(step)
                 state, metrics = step_fn(state, batch)  # dispatched: the devices work from here on
                 checkpoint_now = step % save_every == 0 or step == last_step
                 if not checkpoint_now:
@@ -281,15 +331,19 @@ def train(cfg: Config, workdir: Path) -> int:
                     values = {k: float(v) for k, v in metrics.items()}
                     log.write(step, values, "train")
                     log.progress(step, values)
+                profiler.after(step, metrics)
                 if checkpoint_now:
-                    scores = validation_scores(denoiser, state.params, val, cfg) if val else None
-                    if scores:
+                    scores = None
+                    if val:
+                        scores, rows = validation_scores(denoiser, served(state), val, cfg)
                         log.write(step, scores, "val")
+                        log.images(step, rows)
                     mngr.save(step, args=_save_args(state, meta, data_iter), metrics=scores)
                     if step < last_step:
                         batch = next_batch()
             mngr.wait_until_finished()
         finally:
+            profiler.close()
             log.close()
             data_iter.close()
 

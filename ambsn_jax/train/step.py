@@ -7,6 +7,7 @@ travel as a plain dict, the same tree that the checkpoint's `params` item holds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -17,8 +18,28 @@ from flax import nnx
 
 from ambsn_jax.checkpoint.store import Params, params_of
 from ambsn_jax.inference.release import pd_forward
-from ambsn_jax.train.config import OptimSection, TrainSection
+from ambsn_jax.ops.precision import convolutions_in, default_precision, with_precision
+from ambsn_jax.train.config import Config, OptimSection
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a step computes, fixed for a run (a static argument of the jitted step)."""
+
+    pd: int  # PD factor of the training forward
+    pd_pad: int
+    pd_shuffle: bool  # the release's random sub-image order
+    accum_steps: int  # micro-batches the batch runs as
+    precision: str  # of the convolutions (`ops.precision`)
+    ema_decay: float | None  # of the served average of the weights; None: none kept
+
+    @classmethod
+    def of(cls, cfg: Config) -> Recipe:
+        t = cfg.train
+        return cls(
+            t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay
+        )
 
 
 class TrainState(NamedTuple):
@@ -26,14 +47,23 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar: updates done so far
     rng: jax.Array  # typed PRNG key; the random sub-image order draws from it per step
+    ema: Params | None  # the moving average of `params` when the recipe keeps one
 
 
-def init_state(new_model: Callable[[], nnx.Module], tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(
+    new_model: Callable[[], nnx.Module], tx: optax.GradientTransformation, seed: int, recipe: Recipe
+) -> TrainState:
     """The state before the first step. Jit it with replicated output shardings: every device
     then builds its own copy, which also works across hosts, where `device_put` cannot place
     one host's arrays on the others' devices."""
     params = params_of(new_model())
-    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(seed))
+    ema = params if recipe.ema_decay is not None else None
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(seed), ema)
+
+
+def served(state: TrainState) -> Params:
+    """The weights validation scores and checkpoints serve: the average when one is kept."""
+    return state.params if state.ema is None else state.ema
 
 
 def lr_schedule(cfg: OptimSection, steps_per_epoch: int) -> optax.Schedule:
@@ -56,18 +86,42 @@ def optimizer(cfg: OptimSection, schedule: optax.Schedule) -> optax.GradientTran
 
 
 def l1_loss(
-    params: Params, graphdef: nnx.GraphDef, batch: jax.Array, cfg: TrainSection, perm: jax.Array | None = None
+    params: Params, graphdef: nnx.GraphDef, batch: jax.Array, recipe: Recipe, perm: jax.Array | None = None
 ) -> jax.Array:
     """L1 between the PD forward of the noisy crops and the crops themselves, mean over all."""
-    net = nnx.merge(graphdef, params)
-    return jnp.mean(jnp.abs(pd_forward(net, batch, cfg.pd, cfg.pd_pad, perm) - batch))
+    net = with_precision(nnx.merge(graphdef, params), recipe.precision)
+    with convolutions_in(recipe.precision):
+        return jnp.mean(jnp.abs(pd_forward(net, batch, recipe.pd, recipe.pd_pad, perm) - batch))
+
+
+def _loss_and_grads(
+    params: Params, graphdef: nnx.GraphDef, batch: jax.Array, recipe: Recipe, perm: jax.Array | None
+) -> tuple[jax.Array, Params]:
+    """The loss of the whole batch and its gradient, computed in `recipe.accum_steps` parts.
+
+    Micro-batch k takes every K-th crop (k, k + K, ...), so that each device's rows of a batch
+    split over the mesh stay on it; equal parts make the mean of the parts' means the batch's.
+    """
+    grad_fn = jax.value_and_grad(l1_loss)
+    k = recipe.accum_steps
+    if k == 1:
+        return grad_fn(params, graphdef, batch, recipe, perm)
+    parts = batch.reshape(batch.shape[0] // k, k, *batch.shape[1:]).swapaxes(0, 1)
+
+    def add(total, part):
+        loss, grads = grad_fn(params, graphdef, part, recipe, perm)
+        return jax.tree.map(jnp.add, total, (loss, grads)), None
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(add, zero, parts)
+    return jax.tree.map(lambda v: v / k, total)
 
 
 def train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    cfg: TrainSection,
+    recipe: Recipe,
     state: TrainState,
     batch: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -77,10 +131,13 @@ def train_step(
     and XLA all-reduces the gradients, so the result does not depend on the device count.
     """
     perm = None
-    if cfg.pd_shuffle:
-        perm = jax.random.permutation(jax.random.fold_in(state.rng, state.step), cfg.pd * cfg.pd)
-    loss, grads = jax.value_and_grad(l1_loss)(state.params, graphdef, batch, cfg, perm)
+    if recipe.pd_shuffle:
+        perm = jax.random.permutation(jax.random.fold_in(state.rng, state.step), recipe.pd * recipe.pd)
+    loss, grads = _loss_and_grads(state.params, graphdef, batch, recipe, perm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema is not None:
+        ema = optax.incremental_update(params, ema, step_size=1.0 - recipe.ema_decay)
     metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
-    return TrainState(params, opt_state, state.step + 1, state.rng), metrics
+    return TrainState(params, opt_state, state.step + 1, state.rng, ema), metrics
