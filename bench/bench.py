@@ -99,7 +99,7 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
     import jax.numpy as jnp
 
     from ambsn_jax.train import config as configlib
-    from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step
+    from ambsn_jax.train.step import Recipe, init_state, lr_schedule, optimizer, train_step
 
     cfg = configlib.resolve(TRAIN_CONFIG[arch], [(["data", "dir"], "demo")])  # a recipe wants a data folder
     schedule = lr_schedule(cfg.optim, steps_per_epoch=1000)
@@ -109,8 +109,9 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
         return registry.build(arch, {})
 
     graphdef = registry.graphdef(arch, {})
-    state = [jax.jit(partial(init_state, new_model, tx, 0))()]
-    step = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train), donate_argnums=0)
+    recipe = Recipe.of(cfg)
+    state = [jax.jit(partial(init_state, new_model, tx, 0, recipe))()]
+    step = jax.jit(partial(train_step, graphdef, tx, schedule, recipe), donate_argnums=0)
     batch = np.random.RandomState(0).uniform(0, 255, (TRAIN_BATCH, TRAIN_CROP, TRAIN_CROP, 3))
     batch = jnp.asarray(batch, jnp.float32)
 
