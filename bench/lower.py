@@ -20,91 +20,49 @@ text, and its StableHLO bytecode, `mlir_module_serialized`). A note says when
 
 Exits 1, saying why, if an export fails (a host callback, a `platform_dependent` with no branch
 for the platform) or a custom call outside the neutral targets appears (LAPACK, DUCC, any one
-platform's library). Lowering everything takes ~20 s on a 2-core CPU.
+platform's library). The programs and the checks are ambsn_jax.portability's, which
+tests/test_platforms.py asserts on at a small width. Lowering everything takes ~20 s on a 2-core CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections import Counter
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax import export  # noqa: E402
 
 from ambsn_jax.checkpoint.meta import CheckpointMeta  # noqa: E402
-from ambsn_jax.checkpoint.store import abstract_params  # noqa: E402
-from ambsn_jax.inference.denoiser import BatchDenoiser  # noqa: E402
 from ambsn_jax.inference.release import default_inference  # noqa: E402
-from ambsn_jax.mesh import DATA_AXIS  # noqa: E402
 from ambsn_jax.nets import registry  # noqa: E402
+from ambsn_jax.portability import census, export_for, inference_program, problems, train_program  # noqa: E402
 from ambsn_jax.train import config as configlib  # noqa: E402
-from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step  # noqa: E402
 
 RELEASE_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
 BLOCK = 256
 
-# Custom-call targets every platform compiles (sharding annotations, the export's shape checks).
-NEUTRAL_TARGETS = frozenset(
-    {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "annotate_device_placement", "shape_assertion"}
-)
-CPU_ONLY = re.compile(r"^(lapack_|ducc_|cpu_)|callback")
-_CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([\w.$-]+)|call_target_name = "([^"]+)"')
-_COLLECTIVE = re.compile(r"\bstablehlo\.(all_reduce|all_gather|reduce_scatter|collective_permute|all_to_all)\b")
 
-
-def census(text: str) -> dict:
-    return {
-        "conv": len(re.findall(r"\bstablehlo\.convolution\b", text)),
-        "dot": len(re.findall(r"\bstablehlo\.dot_general\b", text)),
-        "while": len(re.findall(r"\bstablehlo\.while\b", text)),
-        "collectives": Counter(_COLLECTIVE.findall(text)),
-        "custom_calls": Counter(a or b for a, b in _CUSTOM_CALL.findall(text)),
-    }
-
-
-def inference_program(arch: str, config, meta: CheckpointMeta):
-    cfg = default_inference(meta)
-    mesh = jax.make_mesh((1,), (DATA_AXIS,), devices=jax.devices()[:1])
-    # The jitted program of BatchDenoiser (no public handle on it yet); keys as raw key data.
-    fn = BatchDenoiser(arch, config, cfg, mesh)._fn
-    x = jax.ShapeDtypeStruct((1, BLOCK, BLOCK, 3), jnp.float32)
-    key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.split(jax.random.key(0), 1)))
-    label = "TTA+R3" if cfg.tta else "R3"
-    return f"infer {label} 1x{BLOCK}x{BLOCK}", fn, (abstract_params(meta), x, key_data)
-
-
-def train_program(arch: str, width: int):
+def programs(arch: str, width: int) -> list[tuple[str, Callable, tuple]]:
+    """(label, jitted fn, abstract args) of the architecture's inference and training step."""
     cfg = configlib.resolve(
         RELEASE_CONFIG[arch], [(["model", "base_ch"], width), (["data", "dir"], "unused: lowering only")]
     )
     config = registry.network_config(arch, {"base_ch": width})
-    schedule = lr_schedule(cfg.optim, 1000)
-    tx = optimizer(cfg.optim, schedule)
-    state = jax.eval_shape(partial(init_state, lambda: registry.build(arch, config), tx, 0))
+    meta = CheckpointMeta.for_network(
+        arch, config, train_pd=cfg.train.pd, train_pd_pad=cfg.train.pd_pad, source="bench/lower.py"
+    )
+    infer = "TTA+R3" if default_inference(meta).tta else "R3"
     n, s = cfg.train.batch_size, cfg.data.crop
-    batch = jax.ShapeDtypeStruct((n, s, s, 3), jnp.float32)
-    fn = jax.jit(partial(train_step, registry.graphdef(arch, config), tx, schedule, cfg.train))
-    return f"train {n}x{s}x{s} ({cfg.name})", fn, (state, batch)
-
-
-def problems(facts: dict) -> list[str]:
-    out = []
-    cpu_only = sorted(t for t in facts["custom_calls"] if CPU_ONLY.search(t))
-    if cpu_only:
-        out.append(f"CPU-only custom calls: {', '.join(cpu_only)}")
-    other = sorted(set(facts["custom_calls"]) - NEUTRAL_TARGETS - set(cpu_only))
-    if other:
-        out.append(f"platform-specific custom calls: {', '.join(other)}")
-    return out
+    return [
+        (f"infer {infer} 1x{BLOCK}x{BLOCK}", *inference_program(arch, config, meta, side=BLOCK)),
+        (f"train {n}x{s}x{s} ({cfg.name})", *train_program(arch, cfg, width)),
+    ]
 
 
 def _fmt(counter: Counter) -> str:
@@ -132,17 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     start = time.perf_counter()
     for arch in args.arch:
-        config = registry.network_config(arch, {"base_ch": args.width})
-        train_cfg = configlib.resolve(RELEASE_CONFIG[arch], [(["data", "dir"], "unused")])
-        meta = CheckpointMeta.for_network(
-            arch, config, train_pd=train_cfg.train.pd, train_pd_pad=train_cfg.train.pd_pad, source="bench/lower.py"
-        )
-        for label, fn, fargs in (inference_program(arch, config, meta), train_program(arch, args.width)):
+        for label, fn, fargs in programs(arch, args.width):
             for platforms in targets:
                 name = "+".join(platforms)
                 t0 = time.perf_counter()
                 try:
-                    exp = export.export(fn, platforms=platforms)(*fargs)
+                    exp = export_for(fn, fargs, platforms)
                     text = exp.mlir_module()
                     size = len(exp.mlir_module_serialized)  # the StableHLO bytecode
                 except Exception as e:  # noqa: BLE001 - every failure is reported, then exit 1
@@ -154,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 took = time.perf_counter() - t0
                 f = census(text)
                 print(
-                    f"{arch:6} {label:30} {name:10} {f['conv']:5d} {f['dot']:5d} {f['while']:5d} "
-                    f"{sum(f['collectives'].values()):4d} {len(text) / 1e3:8.0f} {size / 1e3:7.0f} {took:5.1f}  "
+                    f"{arch:6} {label:30} {name:10} {f['convolution']:5d} {f['dot_general']:5d} {f['while']:5d} "
+                    f"{sum(f['collectives'].values()):4d} {f['text_bytes'] / 1e3:8.0f} {size / 1e3:7.0f} {took:5.1f}  "
                     f"{_fmt(f['custom_calls'])}"
                 )
                 if f["collectives"]:

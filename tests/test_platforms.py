@@ -10,7 +10,8 @@ abstract (shapes only) and no GPU or TPU is needed. What would tie a program to 
 - a `lax.platform_dependent` with a cpu branch and no default: its platform index has no
   lowering for cuda / tpu, and the export fails;
 - a custom call of a CPU library (LAPACK `lapack_*`, DUCC FFTs `ducc_*`, `cpu_*`), or of any
-  other platform's library: only the platform-neutral targets of `NEUTRAL_TARGETS` may appear.
+  other platform's library: only the platform-neutral targets of
+  `ambsn_jax.portability.NEUTRAL_TARGETS` may appear (its `census` and `problems` tell).
 `test_the_gate_refuses_cpu_only_constructs` checks that each of these is caught.
 
 The network's convolution (ambsn_jax.ops.conv) computes its kernel gradient tap by tap on CPUs
@@ -34,12 +35,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -49,46 +48,21 @@ import pytest
 from flax import nnx
 from jax import export
 
-from ambsn_jax import mesh as meshlib
 from ambsn_jax.checkpoint.meta import CheckpointMeta
 from ambsn_jax.checkpoint.store import abstract_params
-from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import default_inference
 from ambsn_jax.nets import registry
+from ambsn_jax.portability import census, export_for, inference_program, problems, train_program
 from ambsn_jax.train import config as configlib
-from ambsn_jax.train.step import init_state, lr_schedule, optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH, BLOCK, CROP, BATCH = 8, 20, 20, 2
 
-# Custom-call targets that any platform compiles: sharding annotations and the export's own
-# shape assertions. Every other target is one platform's library, and refused.
-NEUTRAL_TARGETS = frozenset(
-    {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "annotate_device_placement", "shape_assertion"}
-)
-CPU_ONLY = re.compile(r"^(lapack_|ducc_|cpu_)|callback")
-_CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @([\w.$-]+)|call_target_name = "([^"]+)"')
-_COLLECTIVE = re.compile(r"\bstablehlo\.(all_reduce|all_gather|reduce_scatter|collective_permute|all_to_all)\b")
-
-
-def census(text: str) -> dict:
-    """What a StableHLO module holds: the ops that tell where it runs and what it computes."""
-    return {
-        "convolution": len(re.findall(r"\bstablehlo\.convolution\b", text)),
-        "dot_general": len(re.findall(r"\bstablehlo\.dot_general\b", text)),
-        "while": len(re.findall(r"\bstablehlo\.while\b", text)),
-        "collectives": Counter(_COLLECTIVE.findall(text)),
-        "custom_calls": Counter(a or b for a, b in _CUSTOM_CALL.findall(text)),
-    }
-
 
 def assert_portable(exp: export.Exported) -> dict:
-    """Refuses custom calls outside NEUTRAL_TARGETS (naming the CPU-only ones); returns the census."""
+    """The census of an export that holds no custom call outside the neutral targets."""
     facts = census(exp.mlir_module())
-    cpu_only = sorted(t for t in facts["custom_calls"] if CPU_ONLY.search(t))
-    assert not cpu_only, f"CPU-only custom calls in the {exp.platforms} export: {cpu_only}"
-    other = sorted(set(facts["custom_calls"]) - NEUTRAL_TARGETS)
-    assert not other, f"platform-specific custom calls in the {exp.platforms} export: {other}"
+    assert not problems(facts), f"the {exp.platforms} export: {'; '.join(problems(facts))}"
     return facts
 
 
@@ -115,36 +89,29 @@ def forward_census():
         graphdef = registry.graphdef(arch, config)
         fn = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
         x = jax.ShapeDtypeStruct((1, BLOCK, BLOCK, 3), jnp.float32)
-        return assert_portable(export.export(fn, platforms=("cuda",))(abstract_params(meta), x))
+        return assert_portable(export_for(fn, (abstract_params(meta), x), ("cuda",)))
 
     return make
 
 
 def _inference(arch: str, n: int = 1, mesh=None):
-    """(inference config, the jitted program of BatchDenoiser, its abstract arguments) for
-    batches of n BLOCK x BLOCK items, over `mesh` (default: one device)."""
+    """`BatchDenoiser.program` and its abstract arguments for batches of n BLOCK x BLOCK items,
+    over `mesh` (default: one device)."""
     config, meta = _net(arch)
-    cfg = default_inference(meta)
-    if mesh is None:
-        mesh = jax.make_mesh((1,), (meshlib.DATA_AXIS,), devices=jax.devices()[:1])
-    denoiser = BatchDenoiser(arch, config, cfg, mesh)
-    # The program BatchDenoiser runs (no public handle on it yet): its in_shardings place the
-    # arguments; the keys travel as raw key data, as `BatchDenoiser.run` passes them.
-    x = jax.ShapeDtypeStruct((n, BLOCK, BLOCK, 3), jnp.float32)
-    key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.split(jax.random.key(0), n)))
-    return cfg, denoiser._fn, (abstract_params(meta), x, key_data)
+    return inference_program(arch, config, meta, mesh=mesh, n=n, side=BLOCK)
 
 
 @pytest.mark.parametrize("arch", ["ambsn", "apbsn"])
 def test_the_release_inference_exports_for_gpu_and_tpu(arch, forward_census):
     """TTA (AM-BSN: PD 2 and PD 5 passes) and R3 (8 passes in one `lax.map`), for cuda and tpu."""
-    cfg, fn, args = _inference(arch)
+    cfg = default_inference(_net(arch)[1])
+    fn, args = _inference(arch)
     assert cfg.r3 and cfg.tta == (arch == "ambsn")
     one = forward_census(arch)
     # Each PD pass runs the network once; R3's T passes are one loop body: one more copy.
     passes = (2 if cfg.tta else 1) + 1
     for platforms, copies in [(("cuda",), 1), (("tpu",), 1), (("cuda", "tpu"), 2)]:
-        exp = export.export(fn, platforms=platforms)(*args)
+        exp = export_for(fn, args, platforms)
         assert exp.platforms == platforms and exp.nr_devices == 1
         assert _avals(exp.in_avals) == _avals(args)
         assert _avals(exp.out_avals) == [((1, BLOCK, BLOCK, 3), jnp.float32)]
@@ -156,25 +123,21 @@ def test_the_release_inference_exports_for_gpu_and_tpu(arch, forward_census):
         assert facts["while"] == 1, platforms
 
 
-def _train(arch: str = "ambsn"):
+def _train(arch: str = "ambsn", batch: int = BATCH, mesh=None):
+    """The training step of the demo recipe at width WIDTH on `batch` CROP x CROP crops, and its
+    abstract arguments, over `mesh` (default: none)."""
     cfg = configlib.resolve(
         "demo",
         [(["model", "arch"], arch), (["model", "base_ch"], WIDTH), (["data", "crop"], CROP),
-         (["train", "batch_size"], BATCH)],
+         (["train", "batch_size"], batch)],
     )  # fmt: skip
-    config = registry.network_config(arch, {"base_ch": WIDTH})
-    schedule = lr_schedule(cfg.optim, 100)
-    tx = optimizer(cfg.optim, schedule)
-    state = jax.eval_shape(partial(init_state, lambda: registry.build(arch, config), tx, 0))
-    batch = jax.ShapeDtypeStruct((BATCH, CROP, CROP, 3), jnp.float32)
-    return partial(train_step, registry.graphdef(arch, config), tx, schedule, cfg.train), state, batch
+    return train_program(arch, cfg, WIDTH, mesh=mesh)
 
 
 def test_the_train_step_exports_for_gpu_and_tpu_without_the_cpu_kernel_gradient(forward_census):
     """Forward, backward and Adam at width 8: the cuda and tpu modules hold XLA's kernel-gradient
     convolutions and not the CPU's tap-wise scan; ("cuda", "tpu") neither; ("cpu", "cuda") both."""
-    step, state, batch = _train()
-    fn = jax.jit(step)
+    fn, args = _train()
     _, meta = _net("ambsn")
     kernels = _kernels(meta)
     taps = sum(k[0] * k[1] for k in kernels)
@@ -182,10 +145,10 @@ def test_the_train_step_exports_for_gpu_and_tpu_without_the_cpu_kernel_gradient(
     assert one["convolution"] == len(kernels) == 20 and taps == 19 * 9 + 25
     facts = {}
     for platforms in [("cuda",), ("tpu",), ("cpu",), ("cuda", "tpu"), ("cpu", "cuda")]:
-        exp = export.export(fn, platforms=platforms)(state, batch)
+        exp = export_for(fn, args, platforms)
         assert exp.platforms == platforms
-        assert _avals(exp.in_avals) == _avals((state, batch))
-        assert _avals(exp.out_avals) == _avals(jax.eval_shape(fn, state, batch))
+        assert _avals(exp.in_avals) == _avals(args)
+        assert _avals(exp.out_avals) == _avals(jax.eval_shape(fn, *args))
         facts[platforms] = f = assert_portable(exp)
         assert f["custom_calls"] == Counter() and f["collectives"] == Counter()
     k = len(kernels)
@@ -223,37 +186,29 @@ def test_the_gate_refuses_cpu_only_constructs():
 
     for fn in (callback, printing):
         with pytest.raises(ValueError, match="different from the lowering platform cuda"):
-            export.export(jax.jit(fn), platforms=("cuda",))(x)
+            export_for(jax.jit(fn), (x,), ("cuda",))
     no_default = jax.jit(lambda x: jax.lax.platform_dependent(x, cpu=lambda x: x * 2))
     with pytest.raises(NotImplementedError, match="platform_index.* not found for platform tpu"):
-        export.export(no_default, platforms=("tpu",))(x)
+        export_for(no_default, (x,), ("tpu",))
     inverse = jax.jit(jnp.linalg.inv)
-    with pytest.raises(AssertionError, match=r"CPU-only custom calls .*\['lapack_s"):
-        assert_portable(export.export(inverse, platforms=("cpu",))(x))
-    with pytest.raises(AssertionError, match=r"platform-specific custom calls .*cusolver"):
-        assert_portable(export.export(inverse, platforms=("cuda",))(x))
-
+    with pytest.raises(AssertionError, match=r"CPU-only custom calls: lapack_s"):
+        assert_portable(export_for(inverse, (x,), ("cpu",)))
+    with pytest.raises(AssertionError, match=r"platform-specific custom calls: .*cusolver"):
+        assert_portable(export_for(inverse, (x,), ("cuda",)))
 
 _SHARDED = textwrap.dedent(
     """
     import json, sys
-    import jax
-    from jax import export
     from ambsn_jax import mesh as meshlib
+    from ambsn_jax.portability import export_for
     from tests import test_platforms as t
 
     out = {}
     mesh = meshlib.make_mesh(4)
-    rep, split = meshlib.replicated(mesh), meshlib.batch_sharding(mesh)
-    on = lambda tree, s: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree)
-    fn, state, batch = t._train()
-    batch = jax.ShapeDtypeStruct((4, *batch.shape[1:]), batch.dtype)
-    step = jax.jit(fn, out_shardings=rep)
-    _, infer, (params, x, keys) = t._inference("ambsn", 4, mesh)
-    programs = {"train": (step, (on(state, rep), on(batch, split))), "inference": (infer, (params, x, keys))}
+    programs = {"train": t._train(batch=4, mesh=mesh), "inference": t._inference("ambsn", 4, mesh)}
     for name, (f, args) in programs.items():
         for p in ("cuda", "tpu"):
-            exp = export.export(f, platforms=(p,))(*args)
+            exp = export_for(f, args, (p,))
             facts = t.assert_portable(exp)
             out[f"{name}/{p}"] = {
                 "platforms": list(exp.platforms), "devices": exp.nr_devices,
