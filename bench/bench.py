@@ -35,7 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing convert/
 
 ARCHS = list(registry.ARCHITECTURES)
-CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx256"]
+CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx256", "eval_throughput"]
+# eval_throughput: default inference of blocks split over 1, 2, 4 devices (on a CPU, forced host
+# devices that share the same cores: the numbers then show overhead, not speed-up).
+EVAL_DEVICES = (1, 2, 4)
+EVAL_BLOCKS_PER_DEVICE = 2
 TRAIN_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
 MATMUL_N = 4096
 TRAIN_BATCH, TRAIN_CROP = 8, 120  # the release's recipe: batch 8 of 120 x 120 crops, PD 5
@@ -79,6 +83,8 @@ def run_jax(case: str, arch: str, repeats: int) -> dict:
     if case == "train_step":
         return _timed(_jax_train_step(arch), repeats)
     model = registry.build(arch, {})
+    if case == "eval_throughput":
+        return _eval_throughput(arch, model, repeats)
     side = _side(case)
     x = jnp.asarray(np.random.RandomState(0).uniform(0, 255, (1, side, side, 3)), jnp.float32)
     if _is_forward(case):
@@ -89,6 +95,25 @@ def run_jax(case: str, arch: str, repeats: int) -> dict:
     den = BatchDenoiser(arch, model.config, default_inference(meta)).bind(params_of(model))
     keys = jax.random.split(jax.random.key(0), 1)
     return _timed(lambda: den(x, keys).block_until_ready(), repeats)
+
+
+def _eval_throughput(arch: str, model, repeats: int) -> dict:
+    """Blocks per second of the release's default inference over every device this process sees."""
+    import jax
+
+    from ambsn_jax.checkpoint.meta import CheckpointMeta
+    from ambsn_jax.checkpoint.store import params_of
+    from ambsn_jax.inference.denoiser import BatchDenoiser
+    from ambsn_jax.inference.release import default_inference
+
+    meta = CheckpointMeta.for_release(arch, model.config, source="random init")
+    den = BatchDenoiser(arch, model.config, default_inference(meta)).bind(params_of(model))
+    side = 64 if jax.default_backend() == "cpu" else 256  # a CPU takes ~1 s for a 64 block at C = 128
+    n = EVAL_BLOCKS_PER_DEVICE * den.devices
+    x = np.random.RandomState(0).uniform(0, 255, (n, side, side, 3)).astype(np.float32)
+    keys = jax.random.split(jax.random.key(0), n)
+    r = _timed(lambda: den(x, keys), repeats)
+    return {**r, "devices": den.devices, "blocks": n, "side": side, "blocks_per_s": n / r["median_s"]}
 
 
 def _jax_train_step(arch: str) -> Callable[[], None]:
@@ -129,32 +154,37 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     from ambsn_jax.convert.reference import ReleaseDenoiser
 
     torch.set_num_threads(os.cpu_count() or 1)
+    # On a GPU machine, the release on the same GPU, with PyTorch's defaults (TF32 convolutions).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if case == "matmul":
-        a = torch.rand(MATMUL_N, MATMUL_N)
-        return _timed(lambda: a @ a, repeats)
+        a = torch.rand(MATMUL_N, MATMUL_N, device=device)
+        return _timed(lambda: (a @ a, sync()), repeats)
     torch.manual_seed(0)
     if case == "onnx256":
         return _onnxruntime_forward(arch, repeats)
     record = registry.get(arch)
-    net = ReleaseDenoiser(bsn=record.reference(record.config()), tta=record.release_tta)
+    net = ReleaseDenoiser(bsn=record.reference(record.config()), tta=record.release_tta).to(device)
     if case == "train_step":
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-        x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP) * 255
+        x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP, device=device) * 255
 
         def fn():
             opt.zero_grad()
             loss = torch.nn.functional.l1_loss(net(x, 5), x)
             loss.backward()
             opt.step()
+            sync()
 
     else:
         side = _side(case)
-        x = torch.rand(1, 3, side, side) * 255
+        x = torch.rand(1, 3, side, side, device=device) * 255
         forward = net.bsn if case.startswith("forward") else net.denoise
 
         @torch.no_grad()
         def fn():
             forward(x)
+            sync()
 
     counter = FlopCounterMode(display=False)
 
@@ -164,6 +194,8 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
 
     r = _timed(fn, repeats, first_call=counted)
     r["flops"] = counter.get_total_flops()
+    if device == "cuda":
+        r["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return r
 
 
@@ -193,15 +225,28 @@ def _onnxruntime_forward(arch: str, repeats: int) -> dict:
     return r
 
 
+def _jax_device_peak_mib() -> float | None:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+
+
 def _child(case: str, arch: str, framework: str, repeats: int) -> None:
     r = (run_jax if framework == "jax" else run_torch)(case, arch, repeats)
     r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if framework == "jax" and (peak := _jax_device_peak_mib()) is not None:
+        r["device_peak_mib"] = peak
     print(json.dumps(r))
 
 
-def _run_child(case: str, arch: str, framework: str, repeats: int) -> dict:
+def _run_child(case: str, arch: str, framework: str, repeats: int, devices: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", case, arch, framework, "--repeats", str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if devices is not None:
+        # Affects the host (CPU) platform only: a GPU machine runs on its own devices.
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         lines = (out.stderr or out.stdout).strip().splitlines() or [f"exit status {out.returncode}"]
         return {"error": lines[-1]}
@@ -241,6 +286,15 @@ def main() -> int:
     runs = [(case, "-") for case in args.only if case == "matmul"]
     runs += [(case, arch) for arch in args.arch for case in args.only if case != "matmul"]
     for case, arch in runs:
+        if case == "eval_throughput":
+            for d in EVAL_DEVICES:
+                r = results[f"{arch}/{case}/jax{d}"] = _run_child(case, arch, "jax", args.repeats, devices=d)
+                if "error" in r:
+                    print(f"{arch}/{case} {d} devices FAILED: {r['error']}", flush=True)
+                    continue
+                print(f"{arch}/{case} {r['devices']} devices: {r['blocks']} blocks of {r['side']}^2 in "
+                      f"{r['median_s']:.2f} s, {r['blocks_per_s']:.2f} blocks/s", flush=True)  # fmt: skip
+            continue
         name = "matmul" if case == "matmul" else f"{arch}/{case}"
         # torch first: its first call counts the case's FLOPs, which the JAX row divides too.
         for fw in ["torch", "jax"]:

@@ -33,6 +33,7 @@ class InferenceConfig:
     r3_t: int = 8
     r3_p: float = 0.16
     self_ensemble: bool = False  # average over the 8 rotations / flips
+    r3_batched: bool = False  # R3's T passes as one batch (more memory; on GPUs maybe faster) instead of in turn
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
 
     def release_options(self) -> dict[str, Any]:
@@ -113,9 +114,13 @@ def denoise(
     p = cfg.pd_pad
     z = jnp.where(masks, x[None], y[None])
     z = jnp.pad(z, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-    # The T refinement passes run one after another: as one batch of T they were 1.2x slower
-    # on a CPU and took 3x the memory (bench/NOTES.md; on GPUs not measured yet).
-    out = jax.lax.map(lambda zt: _crop(net(zt), p), z)
+    # By default the T refinement passes run one after another: as one batch of T they were
+    # 1.2x slower on a CPU and took 3x the memory (bench/NOTES.md; bench/gpu.sh measures GPUs).
+    if cfg.r3_batched:
+        t, n = z.shape[:2]
+        out = _crop(net(z.reshape(t * n, *z.shape[2:])), p).reshape(t, n, *x.shape[1:])
+    else:
+        out = jax.lax.map(lambda zt: _crop(net(zt), p), z)
     return jnp.mean(out, axis=0)[:, :h, :w]
 
 
