@@ -1,0 +1,131 @@
+"""Checkpoints back to the release's .pth: keys, container, bits, verification, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ambsn_jax.checkpoint.meta import CheckpointMeta
+from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint, params_of, save_params
+from ambsn_jax.cli.convert import main_flax2torch
+from ambsn_jax.convert import flax2torch, torch_port
+from ambsn_jax.convert.reference import ReleaseDenoiser
+from ambsn_jax.nets import registry
+from ambsn_jax.nets.ambsn import AMBSNConfig
+from ambsn_jax.nets.apbsn import APBSNConfig
+from ambsn_jax.nets.mmbsn import MMBSNConfig
+from tests.helpers import printed_diffs, write_pth
+
+EXPORTED = {"ambsn": AMBSNConfig(base_ch=8), "apbsn": APBSNConfig(base_ch=8), "mmbsn": MMBSNConfig(base_ch=8)}
+# The release's MM-BSN ('o_a45' above) and other mask strings, the "c" / "r" quirk included.
+ROUND_TRIPS = {
+    **EXPORTED,
+    "mmbsn_o_fsz": MMBSNConfig(base_ch=8, dcl1_num=1, dcl2_num=1, mask_type="o_fsz"),
+    "mmbsn_c_r_sz": MMBSNConfig(base_ch=8, dcl1_num=1, dcl2_num=1, mask_type="c_r_sz"),
+    "mmbsn_hui_cha_fcha_a135": MMBSNConfig(base_ch=8, dcl1_num=1, dcl2_num=1, mask_type="hui_cha_fcha_a135"),
+}
+
+
+def release_keys(config) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the release's Denoiser state dict for a network of `config`."""
+    ref = ReleaseDenoiser(bsn=registry.of_config(config).reference(config))
+    return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+
+
+def load_release(path: Path) -> dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(obj) == {"model_weight"} and set(obj["model_weight"]) == {"denoiser"}
+    return obj["model_weight"]["denoiser"]
+
+
+def assert_release_file(path: Path, config) -> None:
+    """The file holds exactly the release's keys, float32 and contiguous, and loads strictly."""
+    sd = load_release(path)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == release_keys(config)
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in sd.values())
+    ReleaseDenoiser(bsn=registry.of_config(config).reference(config)).load_state_dict(sd, strict=True)
+
+
+def test_demo_checkpoint_exports_and_verifies(tmp_path, capsys):
+    out = tmp_path / "demo.pth"
+    assert main_flax2torch([str(DEMO_CHECKPOINT), "--out", str(out)]) == 0
+    diffs = printed_diffs(capsys.readouterr().out)
+    assert set(diffs) == {"bsn", "pd2", "pd5"} and max(diffs.values()) < 1e-3
+    demo = load_checkpoint(DEMO_CHECKPOINT)
+    config = demo.meta.network_config()
+    assert_release_file(out, config)
+    sd = load_release(out)
+    # A network trained here keeps non-zero init values at its blind taps; the file has zeros.
+    kernel = np.asarray(demo.params["branch_global"]["masked"]["kernel"])
+    assert np.any(kernel[0, 0] != 0)
+    blind = registry.of_config(config).mask_map(config)["branch_global.head.0.mask"][1] == 0
+    assert torch.all(sd["bsn.branch_global.head.0.weight"][:, :, blind] == 0)
+    tail = np.asarray(demo.params["tail"]["layers"][0]["kernel"]).transpose(3, 2, 0, 1)
+    np.testing.assert_array_equal(sd["bsn.tail.0.weight"].numpy(), tail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.pth"]
+
+
+@pytest.mark.parametrize("arch", EXPORTED)
+def test_official_checkpoints_export_and_verify(official_state_dict, tmp_path, capsys, arch):
+    src = write_pth(tmp_path / "in.pth", official_state_dict(EXPORTED[arch]))
+    out = tmp_path / "out.pth"
+    exported = flax2torch.export_pth(src, out)
+    assert exported.meta.arch == arch
+    assert max(printed_diffs(capsys.readouterr().out).values()) < 1e-4
+    assert_release_file(out, EXPORTED[arch])
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_round_trip_is_bit_for_bit(official_state_dict, name):
+    cfg = ROUND_TRIPS[name]
+    original = {k: v.numpy() for k, v in official_state_dict(cfg).items()}
+    params, config = torch_port.params_from_state_dict(original)
+    back = flax2torch.params_to_state_dict(params, config)
+    assert set(back) == set(original)
+    mask_map = registry.of_config(cfg).mask_map(cfg)
+    masks = {f"bsn.{k.replace('.mask', '.weight')}": m for k, (_, m) in mask_map.items()}
+    assert len(masks) == 2 * (len(cfg.kinds()) if isinstance(cfg, MMBSNConfig) else 1)
+    for key, want in original.items():
+        got = back[key]
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape, key
+        if key in masks:
+            seen = np.broadcast_to(masks[key] != 0, want.shape)
+            # The fixture's blind taps are non-zero (saved before any forward): they come back as +0.
+            assert np.all(want[~seen] != 0) and np.all(got[~seen] == 0) and not np.signbit(got[~seen]).any()
+            got, want = got[seen], want[seen]
+        assert got.tobytes() == want.tobytes(), key
+
+
+def test_refuses_an_unknown_architecture(flax_model, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    model = flax_model(8)
+    meta = CheckpointMeta.for_release("ambsn", model.config, source="test")
+    save_params(ckpt, params_of(model), meta)
+    (metadata,) = ckpt.glob("0/meta/metadata")
+    metadata.write_text(metadata.read_text().replace('"ambsn"', '"unet"'))
+    out = tmp_path / "out.pth"
+    assert main_flax2torch([str(ckpt), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {ckpt}") and "'unet'" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_existing_out_needs_force(tmp_path, capsys):
+    out = tmp_path / "out.pth"
+    out.write_bytes(b"keep")
+    assert main_flax2torch([str(DEMO_CHECKPOINT), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--force" in err and out.read_bytes() == b"keep"
+    assert main_flax2torch([str(DEMO_CHECKPOINT), "--out", str(out), "--force"]) == 0
+    assert len(load_release(out)) == len(release_keys(load_checkpoint(DEMO_CHECKPOINT).meta.network_config()))
+
+
+def test_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(flax2torch, "max_abs_diffs", lambda model, sd: {"bsn": 0.5, "pd2": float("nan")})
+    assert main_flax2torch([str(DEMO_CHECKPOINT), "--out", str(tmp_path / "out.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "verification failed: bsn by 5.000e-01, pd2 by nan" in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,66 @@
+"""The ONNX graphs: written only when onnxruntime matches JAX, at shapes the export never saw."""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+
+from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
+from ambsn_jax.cli.convert import main_onnx
+from ambsn_jax.convert import onnx_export
+from ambsn_jax.inference.release import default_inference, denoise
+
+ONNX_DIFF_LINE = re.compile(r"^\s+(\w+ \d+x\d+x\d+): (\S+)$", re.MULTILINE)
+
+
+def r3_around_the_graph(run_bsn, x: np.ndarray, y: np.ndarray, masks: np.ndarray, pad: int = 2) -> np.ndarray:
+    """docs/export.md's R3 loop: `y` the PD graph's output, `masks` (T, *x.shape) booleans, NCHW."""
+    outs = []
+    for mask in masks:
+        z = np.pad(np.where(mask, x, y), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+        outs.append(run_bsn(z)[:, :, pad:-pad, pad:-pad])
+    return np.mean(outs, axis=0)
+
+
+def test_onnx_graphs_match_jax_at_any_shape(tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "demo.onnx"
+    assert main_onnx([str(DEMO_CHECKPOINT), "--out", str(out)]) == 0
+    printed = {k: float(v) for k, v in ONNX_DIFF_LINE.findall(capsys.readouterr().out)}
+    assert len(printed) == 4 and max(printed.values()) < 1e-3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.onnx", "demo_denoise.onnx"]
+
+    demo = load_checkpoint(DEMO_CHECKPOINT)
+    model = demo.module()
+    bsn = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    pd = ort.InferenceSession(str(tmp_path / "demo_denoise.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for shape in [(3, 3, 25, 31), (1, 3, 16, 48)]:  # sizes and batches the export never saw
+        x = rng.uniform(0, 255, shape).astype(np.float32)
+        xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+        (y,) = pd.run(None, {"x": x})
+        want = np.asarray(denoise(model, xj, None, onnx_export.pd_inference(demo.meta))).transpose(0, 3, 1, 2)
+        assert y.shape == shape and np.max(np.abs(y - want)) < 1e-3
+        (b,) = bsn.run(None, {"x": x})
+        assert np.max(np.abs(b - np.asarray(model(xj)).transpose(0, 3, 1, 2))) < 1e-3
+
+    # R3 as a loop around the network graph gives the release's full default inference.
+    x = rng.uniform(0, 255, (1, 3, 20, 30)).astype(np.float32)
+    masks = rng.uniform(size=(8, *x.shape)) < 0.16
+    (y,) = pd.run(None, {"x": x})
+    got = r3_around_the_graph(lambda z: bsn.run(None, {"x": z.astype(np.float32)})[0], x, y, masks)
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    cfg = default_inference(demo.meta, precision="highest")
+    want = denoise(model, xj, None, cfg, masks=jnp.asarray(masks.transpose(0, 1, 3, 4, 2)))
+    assert np.max(np.abs(got - np.asarray(want).transpose(0, 3, 1, 2))) < 1e-3
+
+
+def test_onnx_refuses_an_existing_graph(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m_denoise.onnx").write_bytes(b"keep")
+    assert main_onnx([str(DEMO_CHECKPOINT), "--out", str(out)]) == 2
+    assert "m_denoise.onnx: already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_denoise.onnx"]
