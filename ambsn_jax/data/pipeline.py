@@ -12,6 +12,7 @@ This module imports no JAX: Grain's worker processes are spawned and import it a
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -87,8 +88,12 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     """Grain worker init: end the worker when the training process dies.
 
     Grain's worker otherwise waits forever to hand over its next batch after the trainer is
-    killed (kill -9, out of memory), holding a core and shared memory.
+    killed (kill -9, out of memory), holding a core and shared memory. It ignores SIGTERM and
+    SIGINT, which schedulers and Ctrl-C send to the whole process group: the trainer decides
+    when to stop (`ambsn_jax.train.preemption`) and still needs its workers until then.
     """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch() -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-from ambsn_jax.data.images import list_images, read_pixels, write_pixels
+from ambsn_jax.data import check
+from ambsn_jax.data.images import list_images, write_pixels
 from ambsn_jax.errors import UserError
 from ambsn_jax.ops.windows import window_starts
 
@@ -124,13 +125,17 @@ def find_noisy_images(root: str | Path) -> list[Path]:
 
 
 def prepare_patches(
-    src_root: str | Path, out_root: str | Path, size: int, stride: int
+    src_root: str | Path, out_root: str | Path, size: int, stride: int, crop: int = 1, skip_bad: bool = False
 ) -> list[Path]:
     """Cuts every training image under `src_root` into size x size PNG patches under `out_root`.
 
     Patches mirror the source folders and are named `<stem>_y<row>_x<col>.png`. Images smaller
     than `size` stay whole along that side. Patches already present are kept, so an interrupted
     run resumes (each patch file is written atomically). Returns all patch paths.
+
+    Every source is checked as it is read (`ambsn_jax.data.check`: decodes in full, RGB, 8 or
+    16 bit, at least `crop` pixels a side): the bad ones are all listed in one UserError once
+    the good ones are cut (kept for the rerun), or skipped with a warning if `skip_bad`.
     """
     src_root, out_root = Path(src_root), Path(out_root)
     if not 0 < stride <= size:
@@ -141,10 +146,14 @@ def prepare_patches(
             "pick an output folder outside it"
         )
     sources = find_noisy_images(src_root)
+    bad = {}
     patches = []
     for source in tqdm(sources, desc="cutting patches", unit="image", disable=None):
         rel = source.relative_to(src_root)
-        pixels = read_pixels(source)
+        pixels, reason = check.inspect(source, crop)
+        if pixels is None:
+            bad[source] = reason
+            continue
         height, width = pixels.shape[:2]
         for y in window_starts(height, size, stride):
             for x in window_starts(width, size, stride):
@@ -152,4 +161,5 @@ def prepare_patches(
                 if not patch.exists():
                     write_pixels(patch, pixels[y : y + size, x : x + size])
                 patches.append(patch)
+    check.report(bad, len(sources), skip_bad)
     return patches

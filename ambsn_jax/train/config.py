@@ -53,6 +53,7 @@ class DataSection:
     patch_dir: str | None  # where patches go; null: <workdir>/patches
     crop: int  # training crop side; a multiple of train.pd
     workers: int  # Grain worker processes (0: read in the training process)
+    skip_bad: bool  # train on the good images only, warning about the bad ones (else refuse)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,7 @@ class TrainSection:
     accum_steps: int  # the batch runs as this many micro-batches, gradients summed: same step, less memory
     precision: str | None  # convolutions in highest, tf32 or bf16; null: the platform's default
     profile_steps: list[int] | None  # [a, b]: a jax.profiler trace of steps a..b in <workdir>/profile
+    skip_nonfinite: bool  # a step with a non-finite loss, gradient or update is not applied (else training stops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +127,10 @@ _POSITIVE = (
 _NON_NEGATIVE = ("data.workers", "train.pd_pad", "optim.warmup_steps", "log.images")
 
 # Keys a rerun in the same workdir may change: they do not alter the trained numbers.
-RESUMABLE_CHANGES = ("train.max_steps", "train.profile_steps", "checkpoint.", "log.", "val.")
+# The two skip switches are what a run stopped by bad data or a NaN is rerun with.
+RESUMABLE_CHANGES = (
+    "train.max_steps", "train.profile_steps", "checkpoint.", "log.", "val.", "train.skip_nonfinite", "data.skip_bad",
+)  # fmt: skip
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

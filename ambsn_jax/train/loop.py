@@ -11,6 +11,9 @@ numbers are those of an uninterrupted one.
 from __future__ import annotations
 
 import json
+import signal
+import sys
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from ambsn_jax import mesh as meshlib
 from ambsn_jax.checkpoint import store
 from ambsn_jax.checkpoint.meta import CheckpointMeta
+from ambsn_jax.data.check import checked_images
 from ambsn_jax.data.demo import demo_root
 from ambsn_jax.data.pipeline import batch_iterator, training_batches
 from ambsn_jax.data.sidd import find_noisy_images, prepare_patches
@@ -33,6 +37,9 @@ from ambsn_jax.evaluation import sidd as sidd_eval
 from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import default_inference
 from ambsn_jax.nets import registry
+from ambsn_jax.train import nonfinite, recovery
+from ambsn_jax.train.preemption import Preemption, exit_status
+from ambsn_jax.train.workdir_lock import hold_workdir
 from ambsn_jax.train.config import Config, DataSection, save_resolved
 from ambsn_jax.train.step import (
     TrainState,
@@ -77,9 +84,9 @@ def training_images(cfg: DataSection, workdir: Path) -> list[Path]:
     """The images crops are drawn from: the noisy images of the data folder, or its patches."""
     root = demo_root() / "SIDD_Medium_Srgb" if cfg.dir == "demo" else Path(cfg.dir)
     if not cfg.patches:
-        return find_noisy_images(root)
+        return checked_images(find_noisy_images(root), cfg.crop, cfg.skip_bad)
     patch_dir = Path(cfg.patch_dir) if cfg.patch_dir else workdir / "patches"
-    return prepare_patches(root, patch_dir, cfg.patch_size, cfg.patch_stride)
+    return prepare_patches(root, patch_dir, cfg.patch_size, cfg.patch_stride, cfg.crop, cfg.skip_bad)
 
 
 def validation_dir(cfg: Config) -> Path | None:
@@ -134,18 +141,26 @@ def checkpoint_manager(workdir: Path, keep: int, track_best: bool) -> ocp.Checkp
     return ocp.CheckpointManager(workdir / store.WORKDIR_CHECKPOINTS, options=options)
 
 
-def _train_item(state: TrainState) -> dict[str, jax.Array]:
-    # Orbax stores plain arrays: the typed key goes as its raw key data.
-    return {"step": state.step, "rng": jax.random.key_data(state.rng)}
+def _train_item(state: TrainState, skipped: jax.Array) -> dict[str, jax.Array]:
+    # Orbax stores plain arrays: the typed key goes as its raw key data. `skipped`: the count
+    # of non-finite steps skipped so far (`nonfinite.SKIPPED`), an int32 scalar.
+    return {"step": state.step, "rng": jax.random.key_data(state.rng), nonfinite.SKIPPED: skipped}
 
 
-def _save_args(state: TrainState, meta: CheckpointMeta, data_iter: grain.DatasetIterator) -> ocp.args.Composite:
+def _scalar(value: int, mesh: jax.sharding.Mesh) -> jax.Array:
+    """An int32 scalar on every device of the mesh (every process passes the same value)."""
+    return jax.make_array_from_callback((), meshlib.replicated(mesh), lambda _: np.int32(value))
+
+
+def _save_args(
+    state: TrainState, meta: CheckpointMeta, data_iter: grain.DatasetIterator, skipped: jax.Array
+) -> ocp.args.Composite:
     extra = {} if state.ema is None else {store.TRAIN_PARAMS: ocp.args.StandardSave(state.params)}
     return ocp.args.Composite(
         **store.save_args(served(state), meta),
         **{
             store.OPT_STATE: ocp.args.StandardSave(state.opt_state),
-            store.TRAIN: ocp.args.StandardSave(_train_item(state)),
+            store.TRAIN: ocp.args.StandardSave(_train_item(state, skipped)),
             store.DATA: grain.checkpoint.CheckpointSave(data_iter),
         },
         **extra,
@@ -153,24 +168,39 @@ def _save_args(state: TrainState, meta: CheckpointMeta, data_iter: grain.Dataset
 
 
 def _restore(
-    mngr: ocp.CheckpointManager, step: int, state: TrainState, data_iter: grain.DatasetIterator
-) -> TrainState:
-    """`state` (for its structure and shardings) and `data_iter`, restored from `step`."""
+    mngr: ocp.CheckpointManager, step: int, state: TrainState, data_iter: grain.DatasetIterator, skipped: jax.Array
+) -> tuple[TrainState, int]:
+    """`state` (for its structure and shardings) and `data_iter`, restored from `step`, and the
+    count of skipped non-finite steps (0 for checkpoints written before it was kept)."""
     abstract = partial(jax.tree.map, ocp.utils.to_shape_dtype_struct)
-    items = {
-        store.PARAMS: ocp.args.StandardRestore(abstract(served(state))),
-        store.OPT_STATE: ocp.args.StandardRestore(abstract(state.opt_state)),
-        store.TRAIN: ocp.args.StandardRestore(abstract(_train_item(state))),
-        store.DATA: grain.checkpoint.CheckpointRestore(data_iter),
-    }
-    if state.ema is not None:
-        items[store.TRAIN_PARAMS] = ocp.args.StandardRestore(abstract(state.params))
-    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+
+    def restore(train_item: dict[str, jax.Array]) -> dict:
+        items = {
+            store.PARAMS: ocp.args.StandardRestore(abstract(served(state))),
+            store.OPT_STATE: ocp.args.StandardRestore(abstract(state.opt_state)),
+            store.TRAIN: ocp.args.StandardRestore(abstract(train_item)),
+            store.DATA: grain.checkpoint.CheckpointRestore(data_iter),
+        }
+        if state.ema is not None:
+            items[store.TRAIN_PARAMS] = ocp.args.StandardRestore(abstract(state.params))
+        return mngr.restore(step, args=ocp.args.Composite(**items))
+
+    train_item = _train_item(state, skipped)
+    try:
+        restored = restore(train_item)
+    except Exception as e:  # noqa: BLE001 - whatever fails, the step without the count may restore
+        # A checkpoint of a version that kept no count of skipped steps; anything else fails again.
+        try:
+            restored = restore({k: v for k, v in train_item.items() if k != nonfinite.SKIPPED})
+        except Exception:  # noqa: BLE001
+            raise e from None
     train = restored[store.TRAIN]
     rng = jax.random.wrap_key_data(train["rng"], impl=jax.random.key_impl(state.rng))
+    count = int(train[nonfinite.SKIPPED]) if nonfinite.SKIPPED in train else 0
     if state.ema is None:
-        return TrainState(restored[store.PARAMS], restored[store.OPT_STATE], train["step"], rng, None)
-    return TrainState(restored[store.TRAIN_PARAMS], restored[store.OPT_STATE], train["step"], rng, restored[store.PARAMS])
+        return TrainState(restored[store.PARAMS], restored[store.OPT_STATE], train["step"], rng, None), count
+    params, ema = restored[store.TRAIN_PARAMS], restored[store.PARAMS]
+    return TrainState(params, restored[store.OPT_STATE], train["step"], rng, ema), count
 
 
 def _step_of(line: str) -> float:
@@ -247,8 +277,16 @@ def validation_scores(
 
 
 def train(cfg: Config, workdir: Path) -> int:
-    """Trains (or resumes) the run in `workdir`, then scores its best checkpoint; returns the exit status."""
+    """Trains (or resumes) the run in `workdir`, then scores its best checkpoint; returns the
+    exit status: 0, or 128 + the signal's number when SIGTERM / SIGINT stopped it
+    (checkpointed, resumable: `ambsn_jax.train.preemption`)."""
     workdir = workdir.absolute()
+    # Workdirs are shared between hosts: the lead process's lock stands for the whole run.
+    with hold_workdir(workdir) if jax.process_index() == 0 else nullcontext():
+        return _train(cfg, workdir)
+
+
+def _train(cfg: Config, workdir: Path) -> int:
     lead = jax.process_index() == 0
     mesh = meshlib.make_mesh(cfg.train.batch_size)
     # Data first: a wrong folder fails in seconds, before anything is compiled.
@@ -297,10 +335,14 @@ def train(cfg: Config, workdir: Path) -> int:
         donate_argnums=0,
     )
 
-    with checkpoint_manager(workdir, cfg.checkpoint.keep, track_best=val is not None) as mngr:
-        start = mngr.latest_step() or 0
-        if start:
-            state = _restore(mngr, start, state, data_iter)
+    ckpt_dir = workdir / store.WORKDIR_CHECKPOINTS
+    with (
+        checkpoint_manager(workdir, cfg.checkpoint.keep, track_best=val is not None) as mngr,
+        recovery.HeldErrors() as held,
+    ):
+        # The newest step that restores; broken newer ones are set aside (recovery).
+        found = recovery.restore_latest_good(mngr, lambda step: _restore(mngr, step, state, data_iter, _scalar(0, mesh)))
+        start, (state, skipped) = found if found else (0, (state, 0))
         if lead:
             print(
                 f"{cfg.name}: {len(paths)} training images, {steps_per_epoch} steps per epoch, "
@@ -317,35 +359,73 @@ def train(cfg: Config, workdir: Path) -> int:
             return meshlib.shard_batch(np.array(next(data_iter)), mesh)
 
         profiler = Profiler(cfg.train.profile_steps, workdir / PROFILE_DIR, lead)
+        preemption = Preemption(mesh)
+        skip = cfg.train.skip_nonfinite
+        stopped_at = None
+        # The step whose non-finite flag is still to read: read once the next step is
+        # dispatched, so that the host never waits for the devices between steps, and always
+        # before a log line or a checkpoint (no checkpoint ever holds a non-finite state).
+        unread: tuple[int, dict[str, jax.Array]] | None = None
+
+        def read_flag() -> None:
+            nonlocal unread, skipped
+            if unread is not None:
+                skipped += nonfinite.check(*unread, skip, mngr)
+                unread = None
+
         try:
             batch = next_batch() if start < last_step else None
-            for step in range(start + 1, last_step + 1):
-                profiler.before(step)
-                state, metrics = step_fn(state, batch)  # dispatched: the devices work from here on
-                checkpoint_now = step % save_every == 0 or step == last_step
-                if not checkpoint_now:
-                    # The next batch is read and sent to the devices while this step runs. Not
-                    # before a checkpoint, which records the data iterator after `step` batches.
-                    batch = next_batch()
-                if step % cfg.log.every == 0 or step == last_step:
-                    values = {k: float(v) for k, v in metrics.items()}
-                    log.write(step, values, "train")
-                    log.progress(step, values)
-                profiler.after(step, metrics)
-                if checkpoint_now:
-                    scores = None
-                    if val:
-                        scores, rows = validation_scores(denoiser, served(state), val, cfg)
-                        log.write(step, scores, "val")
-                        log.images(step, rows)
-                    mngr.save(step, args=_save_args(state, meta, data_iter), metrics=scores)
-                    if step < last_step:
+            with preemption:
+                for step in range(start + 1, last_step + 1):
+                    profiler.before(step)
+                    state, metrics = step_fn(state, batch)  # dispatched: the devices work from here on
+                    read_flag()
+                    unread = (step, metrics)
+                    stop = preemption.stop_now()
+                    checkpoint_now = step % save_every == 0 or step == last_step or stop
+                    if not checkpoint_now:
+                        # The next batch is read and sent to the devices while this step runs. Not
+                        # before a checkpoint, which records the data iterator after `step` batches.
                         batch = next_batch()
-            mngr.wait_until_finished()
+                    if step % cfg.log.every == 0 or step == last_step:
+                        read_flag()
+                        values = {k: float(v) for k, v in metrics.items() if k != "nonfinite"}
+                        if skip:
+                            values[nonfinite.SKIPPED] = skipped
+                        log.write(step, values, "train")
+                        log.progress(step, values)
+                    profiler.after(step, metrics)
+                    if checkpoint_now:
+                        read_flag()
+                        scores = None
+                        # A stop skips validation: the grace period is short, and the scores
+                        # change nothing that training does.
+                        if val and not stop:
+                            scores, rows = validation_scores(denoiser, served(state), val, cfg)
+                            log.write(step, scores, "val")
+                            log.images(step, rows)
+                        with recovery.save_errors(ckpt_dir):
+                            mngr.save(step, args=_save_args(state, meta, data_iter, _scalar(skipped, mesh)), metrics=scores)
+                        if stop:
+                            break
+                        if step < last_step:
+                            batch = next_batch()
+                read_flag()
+                with recovery.save_errors(ckpt_dir):
+                    mngr.wait_until_finished()
+            if preemption.signum is not None:
+                # Also a signal during the last step's save: the final evaluation would outlast the grace period.
+                stopped_at = mngr.latest_step()
         finally:
             profiler.close()
             log.close()
             data_iter.close()
+    if stopped_at is not None:
+        if lead:
+            name = signal.Signals(preemption.signum).name
+            print(f"{name}: stopped at step {stopped_at}, checkpoint saved in {ckpt_dir}; "
+                  "rerun the same command to resume", file=sys.stderr, flush=True)  # fmt: skip
+        return exit_status(preemption.signum)
 
     early = last_step < total_steps
     if val_dir is None:

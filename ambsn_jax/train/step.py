@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -33,13 +34,15 @@ class Recipe:
     accum_steps: int  # micro-batches the batch runs as
     precision: str  # of the convolutions (`ops.precision`)
     ema_decay: float | None  # of the served average of the weights; None: none kept
+    skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
 
     @classmethod
     def of(cls, cfg: Config) -> Recipe:
         t = cfg.train
         return cls(
-            t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay
-        )
+            t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay,
+            t.skip_nonfinite,
+        )  # fmt: skip
 
 
 class TrainState(NamedTuple):
@@ -129,6 +132,9 @@ def train_step(
 
     Bind the first four arguments, then jit: under a mesh, the batch is split over devices
     and XLA all-reduces the gradients, so the result does not depend on the device count.
+    `metrics["nonfinite"]` flags a NaN / infinite loss, gradient norm or new parameters; with
+    `recipe.skip_nonfinite` such an update is not applied (parameters, optimizer state and
+    average stay; the step count still advances, so the data and schedule move on).
     """
     perm = None
     if recipe.pd_shuffle:
@@ -139,5 +145,17 @@ def train_step(
     ema = state.ema
     if ema is not None:
         ema = optax.incremental_update(params, ema, step_size=1.0 - recipe.ema_decay)
-    metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    # The new parameters too: a finite gradient times a huge learning rate can still overflow.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+    if recipe.skip_nonfinite:
+        keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+        params, opt_state, ema = keep(params, state.params), keep(opt_state, state.opt_state), keep(ema, state.ema)
+    metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": grad_norm, "nonfinite": ~finite}
     return TrainState(params, opt_state, state.step + 1, state.rng, ema), metrics
+
+
+def all_finite(tree: Params) -> jax.Array:
+    """Whether every value of every leaf of `tree` is finite (a scalar bool)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.bool_(True)
