@@ -29,7 +29,7 @@ def maybe_initialize_distributed() -> None:
     unset, the other two come from the cluster JAX detects (Slurm, Open MPI, ...).
     """
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not address:
+    if not address or jax.distributed.is_initialized():
         return
     counts = {}
     for name, arg in [("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")]:

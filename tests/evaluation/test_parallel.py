@@ -1,0 +1,104 @@
+"""Every evaluation mode gives the same results on 1 device, 4 devices and 2 processes x 2 devices.
+
+Blocks, tiles and files are split over the mesh (SIDD) or over the processes (folders); an item's
+R3 randomness depends on its index alone, so only float rounding may differ: at most 0.01% of the
+uint8 pixels, by 1. The item counts (3 blocks, 3 images) do not divide by the 4 devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ambsn_jax.cli import evaluate
+from ambsn_jax.data.images import read_pixels
+from ambsn_jax.evaluation.submission import read_submission
+from tests.helpers import ROOT, SIDD_SHAPE, write_png
+
+LIMIT = 3
+
+
+def argvs(val_dir: Path, bench_dir: Path, images: Path, ckpt: Path, out: Path) -> list[list[str]]:
+    """The three modes' command lines, writing under `out`."""
+    common = ["--ckpt", str(ckpt), "--batch", "1"]
+    return [
+        [*common, "--sidd-val", str(val_dir), "--limit", str(LIMIT), "--json", str(out / "val.json")],
+        [*common, "--sidd-bench", str(bench_dir), "--submission", str(out / "sub.csv")],
+        [*common, "--input", str(images), "--output", str(out / "images"), "--tile", "24", "--overlap", "4"],
+    ]
+
+
+def run_in_subprocesses(all_argv: list[list[str]], processes: int, devices: int, tmp: Path) -> None:
+    """Each process runs every command line in turn (as `evaluate.py` would, joined like training)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import sys\nfrom ambsn_jax.cli.evaluate import main\n" + "".join(
+        f"assert main({argv!r}) == 0\n" for argv in all_argv
+    )
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": "",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }  # fmt: skip
+    if processes > 1:
+        env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes)}
+    logs = [tmp / f"process{i}.log" for i in range(processes)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(i)},
+                         stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+        for i, log in enumerate(logs)
+    ]
+    codes = [proc.wait(timeout=400) for proc in procs]
+    assert codes == [0] * processes, logs[int(np.argmax(codes))].read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for i, shape in enumerate([(30, 40, 3), (20, 17), (45, 30, 3)]):  # one tiled, one gray and odd
+        write_png(folder / f"im{i}.png", shape, seed=i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_device(val_dir, bench_dir, images, ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one")
+    for argv in argvs(val_dir, bench_dir, images, ckpt, out):
+        assert evaluate.main(argv) == 0
+    return out
+
+
+def assert_same_results(got: Path, want: Path, devices: int, processes: int) -> None:
+    a, b = (json.loads((d / "val.json").read_text()) for d in (got, want))
+    assert (a["devices"], a["processes"], b["devices"], b["processes"]) == (devices, processes, 1, 1)
+    assert [(x["image"], x["block"]) for x in a["blocks"]] == [(x["image"], x["block"]) for x in b["blocks"]]
+    assert len(a["blocks"]) == LIMIT
+    np.testing.assert_allclose([x["psnr"] for x in a["blocks"]], [x["psnr"] for x in b["blocks"]], atol=1e-4)
+    np.testing.assert_allclose([x["ssim"] for x in a["blocks"]], [x["ssim"] for x in b["blocks"]], atol=1e-5)
+    pairs = [tuple(read_submission(d / "sub.csv", SIDD_SHAPE) for d in (got, want))]
+    pairs += [tuple(read_pixels(d / "images" / p.name) for d in (got, want)) for p in sorted((want / "images").iterdir())]
+    assert len(pairs) == 4
+    for x, y in pairs:
+        diff = np.abs(x.astype(int) - y.astype(int))
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= max(1, diff.size // 10_000)
+
+
+@pytest.mark.slow
+def test_four_devices_evaluate_like_one(val_dir, bench_dir, images, ckpt, one_device, tmp_path):
+    run_in_subprocesses(argvs(val_dir, bench_dir, images, ckpt, tmp_path), 1, 4, tmp_path)
+    assert_same_results(tmp_path, one_device, devices=4, processes=1)
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_evaluate_like_one(val_dir, bench_dir, images, ckpt, one_device, tmp_path):
+    run_in_subprocesses(argvs(val_dir, bench_dir, images, ckpt, tmp_path), 2, 2, tmp_path)
+    assert_same_results(tmp_path, one_device, devices=4, processes=2)
+    # Only process 0 wrote the report and the submission; the images were split between them.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".json", ".csv")) == ["sub.csv", "val.json"]
