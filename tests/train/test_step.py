@@ -17,7 +17,7 @@ from ambsn_jax.nets import registry
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
 from ambsn_jax.train import config as configlib
-from ambsn_jax.train.step import TrainState, l1_loss, lr_schedule, optimizer, train_step
+from ambsn_jax.train.step import Recipe, TrainState, init_state, l1_loss, lr_schedule, optimizer, served, train_step
 
 # Width 16: see tests/nets/test_apbsn.py.
 NARROW = {"apbsn": APBSNConfig(base_ch=16), "mmbsn": MMBSNConfig(base_ch=16)}
@@ -43,9 +43,10 @@ def test_train_step_matches_pytorch(reference, flax_model):
 
     schedule = lr_schedule(cfg.optim, 10)
     tx = optimizer(cfg.optim, schedule)
-    train_state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(0))
-    new_state, metrics = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train))(train_state, jnp.asarray(batch))
-    grads = jax.jit(jax.grad(l1_loss), static_argnums=(1, 3))(params, graphdef, jnp.asarray(batch), cfg.train)
+    recipe = Recipe.of(cfg)
+    train_state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(0), None)
+    new_state, metrics = jax.jit(partial(train_step, graphdef, tx, schedule, recipe))(train_state, jnp.asarray(batch))
+    grads = jax.jit(jax.grad(l1_loss), static_argnums=(1, 3))(params, graphdef, jnp.asarray(batch), recipe)
 
     assert abs(float(metrics["loss"]) - want_loss.item()) <= 1e-5 * want_loss.item()
     assert int(new_state.step) == 1 and float(metrics["lr"]) == pytest.approx(2e-4)
@@ -103,12 +104,13 @@ def test_pd_shuffle_draws_a_sub_image_order_per_step(flax_model):
     schedule = lr_schedule(cfg.optim, 10)
     tx = optimizer(cfg.optim, schedule)
     key = jax.random.key(3)
-    train_state = TrainState(params, tx.init(params), jnp.asarray(5, jnp.int32), key)
-    new_state, _ = jax.jit(partial(train_step, graphdef, tx, schedule, cfg.train))(train_state, batch)
+    recipe = Recipe.of(cfg)
+    train_state = TrainState(params, tx.init(params), jnp.asarray(5, jnp.int32), key, None)
+    new_state, _ = jax.jit(partial(train_step, graphdef, tx, schedule, recipe))(train_state, batch)
     grad = jax.jit(jax.grad(l1_loss), static_argnums=(1, 3))
 
     def update(perm: jax.Array | None) -> np.ndarray:
-        updates, _ = tx.update(grad(params, graphdef, batch, cfg.train, perm), train_state.opt_state, params)
+        updates, _ = tx.update(grad(params, graphdef, batch, recipe, perm), train_state.opt_state, params)
         return np.concatenate([np.ravel(u) for u in jax.tree.leaves(updates)])
 
     got = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params))])
@@ -125,3 +127,73 @@ def test_lr_schedule_is_the_release_step_decay():
     np.testing.assert_allclose(lrs, [2e-4, 2e-4, 2e-5, 2e-5, 2e-6], rtol=1e-6)
     warm = lr_schedule(dataclasses.replace(cfg, warmup_steps=4), steps_per_epoch=10)
     np.testing.assert_allclose([float(warm(s)) for s in (0, 3, 80)], [5e-5, 2e-4, 2e-5], rtol=1e-6)
+
+
+STEPS = 2
+
+
+def _run_steps(overrides: list[tuple[list[str], object]], width: int = 8):
+    """Losses and final state of STEPS jitted steps of a narrow AM-BSN on fixed batches."""
+    cfg = configlib.resolve("sidd", [(["data", "dir"], "unused"), (["optim", "lr"], 1e-3), *overrides])
+    recipe = Recipe.of(cfg)
+    schedule = lr_schedule(cfg.optim, 10)
+    tx = optimizer(cfg.optim, schedule)
+    new_model = partial(registry.build, "ambsn", {"base_ch": width}, 0)
+    state = jax.jit(partial(init_state, new_model, tx, 0, recipe))()
+    step = jax.jit(partial(train_step, registry.graphdef("ambsn", {"base_ch": width}), tx, schedule, recipe))
+    rng = np.random.default_rng(4)
+    losses = []
+    for _ in range(STEPS):
+        state, metrics = step(state, jnp.asarray(rng.uniform(0, 255, (8, 20, 20, 3)), jnp.float32))
+        losses.append(float(metrics["loss"]))
+    return np.asarray(losses), state
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """The release's step, for the options below to be compared with (compiled once)."""
+    return _run_steps([])
+
+
+def test_accumulating_micro_batches_equals_the_whole_batch(plain):
+    whole, a = plain
+    parts, b = _run_steps([(["train", "accum_steps"], 4)])
+    np.testing.assert_allclose(parts, whole, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(b.params), jax.tree.leaves(a.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_a_batch_that_does_not_split_into_the_micro_batches_is_refused():
+    with pytest.raises(configlib.UserError, match="does not divide into train.accum_steps 3"):
+        configlib.resolve("sidd", [(["data", "dir"], "unused"), (["train", "accum_steps"], 3)])
+
+
+def test_the_moving_average_follows_the_parameters_and_is_served(plain):
+    decay = 0.5
+    _, without = plain
+    _, state = _run_steps([(["optim", "ema_decay"], decay)])
+    # The average does not change what training computes: the same parameters as without it.
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(without.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # After two steps from p0: ema = d^2 p0 + d (1 - d) p1 + (1 - d) p2, p1 unknown here, so
+    # check the bounds instead: the average lies between the initial and the final weights.
+    init = nnx.to_pure_dict(nnx.state(registry.build("ambsn", {"base_ch": 8}, 0), nnx.Param))
+    for avg, new, old in zip(*(jax.tree.leaves(t) for t in (state.ema, state.params, init))):
+        avg, new, old = map(np.asarray, (avg, new, old))
+        lo, hi = np.minimum(new, old) - 1e-3, np.maximum(new, old) + 1e-3
+        assert np.all((lo <= avg) & (avg <= hi)) and not np.array_equal(avg, new)
+    assert served(state) is state.ema and served(without) is without.params
+
+
+def test_bf16_training_keeps_float32_parameters_and_a_close_loss(plain):
+    exact, _ = plain
+    rounded, b = _run_steps([(["train", "precision"], "bf16")])
+    assert {np.asarray(v).dtype for v in jax.tree.leaves(b.params)} == {np.dtype(np.float32)}
+    assert {np.asarray(v).dtype for v in jax.tree.leaves(b.opt_state) if np.ndim(v)} == {np.dtype(np.float32)}
+    gap = np.abs(rounded - exact) / exact
+    assert 0 < gap.max() < 0.02, gap
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(configlib.UserError, match="train.precision 'fp8'"):
+        configlib.resolve("sidd", [(["data", "dir"], "unused"), (["train", "precision"], "fp8")])
