@@ -95,11 +95,11 @@ def printed_diffs(stdout: str) -> dict[str, float]:
 
 def one_error_line(stderr: str, fragment: str = "") -> str:
     """The one `error:` line of a refusal: the last line of stderr, no traceback, and no other
-    line but the commands' `weights:` / `note:` notices before it. Returns it."""
+    line but the commands' notices before it (`weights:`, `note:`, a folder's `[i/n] a -> b`). Returns it."""
     assert "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()
     assert lines and lines[-1].startswith("error: "), stderr
-    assert all(line.startswith(("weights: ", "note: ")) for line in lines[:-1]), stderr
+    assert all(line.startswith(("weights: ", "note: ")) or re.match(r"\[\d+/\d+\] ", line) for line in lines[:-1]), stderr
     assert fragment in lines[-1], stderr
     return lines[-1]
 

@@ -37,7 +37,7 @@ def test_bound_and_batch_denoisers_share_one_program(flax_model, rng):
     bd.compile(params, x.shape)
     b = bd.bind(params)
     assert b.batch_denoiser is bd and b.cfg is cfg and b.min_side() == bd.min_side() == cfg.pd_pad + 1
-    np.testing.assert_array_equal(np.asarray(b(x, keys(2))), np.asarray(bd(params, x, keys(2))))
+    np.testing.assert_array_equal(np.asarray(b(x, keys(2))), np.asarray(bd.run(params, x, keys(2))))
     # Other parameters bound to the same program: other outputs.
     zero = jax.tree.map(jnp.zeros_like, params)
     np.testing.assert_array_equal(np.asarray(bd.bind(zero)(x, keys(2))), 0)
@@ -57,8 +57,8 @@ def test_bf16_inference_rounds_the_convolutions_only(flax_model, rng):
     x = image(rng, 2, 24, 24)
     k = keys(2)
     f32 = np.asarray(bound(model)(x, k))
-    bf16 = bound(model, InferenceConfig(pd_a=5, pd_pad=2, bf16=True))(x, k)
-    assert bf16.dtype == jnp.float32
+    bf16 = bound(model, InferenceConfig(pd_a=5, pd_pad=2, precision="bf16"))(x, k)
+    assert bf16.dtype == np.float32
     gap = np.abs(np.asarray(bf16) - f32).max()
     assert 0 < gap < 0.01 * np.abs(f32).max()  # bfloat16 keeps 8 significant bits: 0.4% a rounding
     np.testing.assert_array_equal(np.asarray(bound(model)(x, k)), f32)

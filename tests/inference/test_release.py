@@ -18,6 +18,7 @@ from ambsn_jax.inference.release import (
     self_ensemble,
 )
 from ambsn_jax.nets.ambsn import AMBSNConfig
+from ambsn_jax.ops.precision import default_precision
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
 from tests.helpers import RELEASE, image
@@ -90,13 +91,13 @@ def test_family_pd2_and_denoise_parity(flax_model, reference, assert_parity, rng
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_default_inference_follows_the_architecture_and_the_training_pd(arch):
     released = default_inference(CheckpointMeta.for_release(arch, CONFIGS[arch], source="test"))
-    assert released == InferenceConfig(pd_a=5, pd_pad=2, tta=arch == "ambsn")
+    assert released == InferenceConfig(pd_a=5, pd_pad=2, tta=arch == "ambsn", precision=default_precision())
     assert released.r3 and released.pd_b == 2 and (released.r3_t, released.r3_p) == (8, 0.16)
     trained = CheckpointMeta.for_network(arch, CONFIGS[arch], train_pd=4, train_pd_pad=1, source="test")
-    cfg = default_inference(trained, tta=True, r3=False, self_ensemble=True, bf16=True)
+    cfg = default_inference(trained, tta=True, r3=False, self_ensemble=True, precision="bf16")
     # AM-BSN fuses PD 2 with the PD it was trained at; AP-BSN and MM-BSN never fuse, tta=True or not.
     assert (cfg.pd_a, cfg.pd_pad, cfg.tta) == (4, 1, arch == "ambsn")
-    assert (cfg.r3, cfg.self_ensemble, cfg.bf16) == (False, True, True)
+    assert (cfg.r3, cfg.self_ensemble, cfg.precision) == (False, True, "bf16")
     assert not default_inference(trained, tta=False).tta
 
 
@@ -105,7 +106,7 @@ def test_inference_config_needs_the_training_pd_and_reports_the_release_names():
         InferenceConfig()  # type: ignore[call-arg]
     assert RELEASE.release_options() == {
         "pd_a": 5, "pd_b": 2, "pd_pad": 2, "R3": True, "R3_T": 8, "R3_p": 0.16, "tta": True,
-        "self_ensemble": False, "bf16": False,
+        "self_ensemble": False, "precision": "highest",
     }  # fmt: skip
 
 
