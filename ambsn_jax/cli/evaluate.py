@@ -1,7 +1,10 @@
 """`evaluate.py` / `ambsn-evaluate`: SIDD scores, benchmark submissions, denoising image files.
 
 Exit status: 0 done, 1 some images of a folder failed (the others are written), 2 bad input
-(one `error:` line, see `ambsn_jax.cli.common.run_cli`).
+(one `error:` line, see `ambsn_jax.cli.common.run_cli`), 130 interrupted.
+
+`--input`, `--dnd` and `--sidd-bench` resume: rerun with the same arguments, they redo only the
+outputs an earlier run did not finish (`ambsn_jax.evaluation.resume`); `--overwrite` redoes all.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--submission", type=Path, metavar="OUT.csv|OUT.mat", help="SIDD benchmark submission")
     out.add_argument("--output", type=Path, metavar="DIR", help="folder for the denoised <stem>.png files")
     out.add_argument("--submission-dir", type=Path, metavar="OUT", help="folder for the DND .mat files")
+    out.add_argument(
+        "--overwrite", action="store_true",
+        help="--input, --dnd, --sidd-bench: redo every output (by default a rerun keeps those an earlier run "
+        "of the same checkpoint and options finished)",
+    )  # fmt: skip
     out.add_argument(
         "--report", type=Path, metavar="DIR",
         help="validation and --input: an HTML report (DIR/index.html and its images); DIR must be new, "
@@ -107,6 +115,8 @@ def _mode(args: argparse.Namespace) -> str:
             raise UserError(f"{_flag(output)} goes with {_flag(dataset)} only")
         if mode == dataset and getattr(args, output) is None:
             raise UserError(f"{_flag(dataset)} needs {_flag(output)}, where the results go")
+    if args.overwrite and mode not in _OUTPUT_OF:
+        raise UserError("--overwrite applies to --input, --dnd and --sidd-bench only")
     for option in ("json", "limit"):
         if getattr(args, option) is not None and mode not in ("demo", "sidd_val"):
             raise UserError(f"{_flag(option)} applies to validation (--sidd-val or the demo set) only")
@@ -174,6 +184,18 @@ def _tiling(args: argparse.Namespace) -> Tiling:
     return Tiling(tile=args.tile, overlap=args.overlap, batch=args.batch)
 
 
+def _resume_options(args: argparse.Namespace, checkpoint: Any, **extra: Any) -> dict[str, Any]:
+    """What an output of this run depends on: the weights (their digest), the inference options
+    and the evaluation's own switches."""
+    from ambsn_jax.evaluation.common import checkpoint_record
+
+    return {
+        "checkpoint_sha256": checkpoint_record(checkpoint)["sha256"],
+        **_inference_config(args, checkpoint).release_options(),
+        "seed": args.seed, "batch": args.batch, "tile": args.tile, "overlap": args.overlap, **extra,
+    }  # fmt: skip
+
+
 def _score_validation_set(args: argparse.Namespace, root: Path | None) -> int:
     from ambsn_jax.data.demo import demo_root
     from ambsn_jax.evaluation import sidd
@@ -206,12 +228,24 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ambsn_jax.evaluation import sidd, submission
 
     submission.check_suffix(args.submission)  # before hours of denoising, not after
+    from ambsn_jax.evaluation.resume import PartialBlocks, fingerprint
+
     noisy = sidd.load_benchmark(args.sidd_bench)
-    denoised = sidd.denoise_benchmark(_denoiser(args, _checkpoint(args)), noisy, args.seed, args.batch)
+    checkpoint = _checkpoint(args)
+    denoiser = _denoiser(args, checkpoint)
+    n = noisy.shape[0] * noisy.shape[1]
+    source = fingerprint(0, args.sidd_bench / sidd.BENCHMARK_NOISY)
+    options = _resume_options(args, checkpoint, benchmark=source, shape=list(noisy.shape), call=sidd.call_size(denoiser, n, args.batch))
+    partial = PartialBlocks(args.submission, options, args.overwrite)
+    denoised = sidd.denoise_benchmark(denoiser, noisy, args.seed, args.batch, partial)
     if not _lead():
         return 0
     submission.write_submission(args.submission, denoised)
-    print(f"wrote {args.submission}: {noisy.shape[0] * noisy.shape[1]} blocks")
+    partial.remove()
+    print(
+        f"wrote {args.submission}: {n} blocks ({partial.reused} of {-(-n // options['call'])} calls reused from an "
+        "earlier run; --overwrite redoes them)"
+    )
     return 0
 
 
@@ -230,15 +264,26 @@ def _images(args: argparse.Namespace) -> int:
     from ambsn_jax.data.images import list_images
     from ambsn_jax.evaluation import folder
 
+    from ambsn_jax.evaluation.resume import Resume
+
     outputs = folder.output_paths(list_images(args.input), args.output)
     checkpoint = _checkpoint(args)
-    failures = folder.denoise_files(_denoiser(args, checkpoint, own_files=True), outputs, args.seed, _tiling(args))
+    denoiser = _denoiser(args, checkpoint, own_files=True)
+    resume = Resume(args.output, _resume_options(args, checkpoint), args.overwrite)
+    try:
+        failures = folder.denoise_files(denoiser, outputs, args.seed, _tiling(args), resume)
+    finally:
+        resume.close()
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     failed = meshlib.total(len(failures))
+    reused = meshlib.total(resume.reused)
     if not _lead():
         return 1 if failures else 0
-    print(f"wrote {len(outputs) - failed} of {len(outputs)} images to {args.output}")
+    print(
+        f"wrote {len(outputs) - failed} of {len(outputs)} images to {args.output} "
+        f"({reused} reused from an earlier run; --overwrite redoes them)"
+    )
     if args.report is not None:
         from ambsn_jax.evaluation import report
         from ambsn_jax.evaluation.common import checkpoint_record
@@ -257,11 +302,23 @@ def _dnd(args: argparse.Namespace) -> int:
     from ambsn_jax.evaluation import dnd
 
     boxes = dnd.read_boxes(args.dnd)  # before the model loads: a wrong folder fails at once
-    denoiser = _denoiser(args, _checkpoint(args), own_files=True)
+    from ambsn_jax import mesh as meshlib
+    from ambsn_jax.evaluation.resume import Resume
+
+    checkpoint = _checkpoint(args)
+    denoiser = _denoiser(args, checkpoint, own_files=True)
     out = args.submission_dir
-    dnd.denoise_dnd(denoiser, args.dnd, boxes, out, args.seed, _tiling(args))
+    resume = Resume(out, _resume_options(args, checkpoint), args.overwrite)
+    try:
+        dnd.denoise_dnd(denoiser, args.dnd, boxes, out, args.seed, _tiling(args), resume)
+    finally:
+        resume.close()
+    reused = meshlib.total(resume.reused)
     if _lead():
-        print(f"wrote {sum(map(len, boxes))} boxes to {out}; upload {out / 'bundled'}")
+        print(
+            f"wrote {sum(map(len, boxes))} boxes to {out} ({reused} reused from an earlier run; "
+            f"--overwrite redoes them); upload {out / 'bundled'}"
+        )
     return 0
 
 

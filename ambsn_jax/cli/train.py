@@ -1,7 +1,9 @@
 """`train.py` / `ambsn-train`: self-supervised training of any network of the family on every
 device, resumable.
 
-Exit status: 0 done, 2 bad input (one `error:` line, see `ambsn_jax.cli.common.run_cli`).
+Exit status: 0 done, 2 bad input (one `error:` line, see `ambsn_jax.cli.common.run_cli`), 128 + N
+stopped by signal N (SIGTERM 143, SIGINT 130) after checkpointing: rerun to resume
+(docs/troubleshooting.md).
 """
 
 from __future__ import annotations

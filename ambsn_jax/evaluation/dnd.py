@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ambsn_jax import mesh as meshlib
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.evaluation.resume import Resume, fingerprint
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.denoiser import BoundDenoiser
 from ambsn_jax.inference.release import postprocess
@@ -89,11 +90,14 @@ def denoise_dnd(
     out_dir: str | Path,
     seed: int,
     tiling: Tiling,
+    resume: Resume | None = None,
 ) -> None:
     """Writes the results of this process's share of the images (every image when it runs
     alone): each box's file and the image's bundled file; `all_boxes` as `read_boxes` gives them.
 
     Box n, counted over all images in order, draws its R3 randomness from `item_keys(seed, [n])`.
+    With `resume`, box files an earlier run finished are read back instead of recomputed (an
+    image none of whose boxes is left is not even read).
     """
     root, out_dir = Path(root), Path(out_dir)
     first_box = np.cumsum([0, *map(len, all_boxes)])
@@ -101,13 +105,24 @@ def denoise_dnd(
     with tqdm(total=sum(len(all_boxes[i]) for i in mine), desc="DND", unit="box", disable=None) as bar:
         for i in mine:
             image, boxes = i + 1, all_boxes[i]
-            noisy = read_noisy(root, image)
+            noisy = None  # read only if a box of this image is still to do
             crops = np.empty(len(boxes), dtype=object)  # saved as a MATLAB cell, as the kit does
+            source = root / "images_srgb" / f"{image:04d}.mat"
             for k, box in enumerate(boxes):
+                name = f"{image:04d}_{k + 1:02d}.mat"
+                n = int(first_box[i] + k)
+                item = fingerprint(n, source, box=[int(v) for v in box])
+                if resume is not None and resume.finished(name, item):
+                    crops[k] = scipy.io.loadmat(out_dir / name)["Idenoised_crop"]
+                    bar.update()
+                    continue
+                noisy = read_noisy(root, image) if noisy is None else noisy
                 crop = _crop(noisy, box, f"{root / 'info.mat'} (image {image}, box {k + 1})")
-                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [first_box[i] + k])[0], tiling)
+                out = denoise_image(denoiser, crop * 255.0, item_keys(seed, [n])[0], tiling)
                 crops[k] = (np.asarray(postprocess(out)) / 255.0).astype(np.float32)
-                _save_mat(out_dir / f"{image:04d}_{k + 1:02d}.mat", {"Idenoised_crop": crops[k]})
+                _save_mat(out_dir / name, {"Idenoised_crop": crops[k]})
+                if resume is not None:
+                    resume.record(name, item)
                 bar.update()
             _save_mat(
                 out_dir / "bundled" / f"{image:04d}.mat",

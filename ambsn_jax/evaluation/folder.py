@@ -12,6 +12,7 @@ from ambsn_jax import mesh as meshlib
 from ambsn_jax.data.images import read_image, write_image
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.evaluation.resume import Resume, fingerprint
 from ambsn_jax.inference.denoiser import BoundDenoiser
 from ambsn_jax.inference.tiling import Tiling, denoise_image
 
@@ -36,13 +37,15 @@ def denoise_files(
     outputs: dict[Path, Path],
     seed: int,
     tiling: Tiling,
+    resume: Resume | None = None,
 ) -> list[str]:
     """Denoises this process's share of the inputs onto their output paths (every input when
     it runs alone); returns one message per file that failed.
 
     A file that cannot be read or written does not stop the others. Image i (in the order
     given) draws its R3 randomness from `item_keys(seed, [i])` whichever process takes it;
-    large images are tiled.
+    large images are tiled. With `resume`, outputs an earlier run finished are kept, and each
+    new one is recorded.
     """
     items = list(outputs.items())
     mine = meshlib.my_share(len(items))
@@ -50,12 +53,18 @@ def denoise_files(
     with tqdm(total=len(mine), desc="denoising", unit="image", disable=None) as bar:
         for count, i in enumerate(mine, start=1):
             source, target = items[i]
+            item = fingerprint(i, source)
+            if resume is not None and resume.finished(target.name, item):
+                bar.update()
+                continue
             try:
                 image, info = read_image(source)
                 out = denoise_image(denoiser, image, item_keys(seed, [i])[0], tiling)
                 # write_image rounds as `postprocess` does (+0.5, floor, clip), at the file's own depth:
                 # bit-identical for 8-bit files, and 16-bit files keep the network's finer output.
                 write_image(target, np.asarray(out), info)
+                if resume is not None:
+                    resume.record(target.name, item)
             except UserError as e:
                 failures.append(str(e))
             bar.update()

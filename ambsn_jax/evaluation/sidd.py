@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.data.sidd import load_blocks
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import checkpoint_record, item_keys
+from ambsn_jax.evaluation.resume import PartialBlocks
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.denoiser import BatchDenoiser, BoundDenoiser
 from ambsn_jax.inference.release import InferenceConfig, postprocess
@@ -94,8 +95,14 @@ class Timing:
         return self.run_s / max(self.blocks, 1)
 
 
+def call_size(denoiser: BoundDenoiser, n: int, batch: int) -> int:
+    """Blocks per call of `denoise_blocks` for `n` blocks: `batch` per device, fewer if `n` is small."""
+    devices = denoiser.devices
+    return min(batch, -(-n // devices)) * devices
+
+
 def denoise_blocks(
-    denoiser: BoundDenoiser, blocks: np.ndarray, seed: int, batch: int, timing: Timing
+    denoiser: BoundDenoiser, blocks: np.ndarray, seed: int, batch: int, timing: Timing, skip: Container[int] = ()
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (n of its first block, rounded uint8 batch) for blocks (N, H, W, 3), in order.
 
@@ -103,16 +110,18 @@ def denoise_blocks(
     rows, and every process gets the whole call's results. Every call has one shape, so one
     compilation serves all blocks (the last call is padded; its padding is dropped here); the
     time spent is added to `timing`. Blocks smaller than R3 needs are padded and cropped back.
+    Calls whose first block is in `skip` (the same on every process) are left out.
     """
     n, h, w = blocks.shape[:3]
     blocks = pad_to_min_side(blocks, denoiser.min_side(), axes=(1, 2))
-    devices = denoiser.devices
-    per_call = min(batch, -(-n // devices)) * devices
+    per_call = call_size(denoiser, n, batch)
     mine = denoiser.batch_denoiser.local_rows(per_call)
     start_time = time.perf_counter()
     denoiser.compile((len(mine), *blocks.shape[1:3], 3))
     timing.compile_s += time.perf_counter() - start_time
     for indices, valid in padded_batches(n, per_call):
+        if int(indices[0]) in skip:
+            continue
         start_time = time.perf_counter()
         out = denoiser.run(blocks[indices[mine]].astype(np.float32), item_keys(seed, indices[mine]))
         rounded = np.asarray(postprocess(out)).astype(np.uint8)[:valid, :h, :w]
@@ -125,13 +134,29 @@ def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="block", disable=None, dynamic_ncols=True)
 
 
-def denoise_benchmark(denoiser: BoundDenoiser, noisy: np.ndarray, seed: int, batch: int) -> np.ndarray:
-    """All blocks (images, blocks, H, W, 3) denoised and rounded, uint8 in the same shape."""
+def denoise_benchmark(
+    denoiser: BoundDenoiser, noisy: np.ndarray, seed: int, batch: int, partial: PartialBlocks | None = None
+) -> np.ndarray:
+    """All blocks (images, blocks, H, W, 3) denoised and rounded, uint8 in the same shape.
+
+    With `partial`, the calls an earlier run finished are read back from it and each new one
+    is kept in it: the result is the same, since a block's output depends only on the seed,
+    its index and the call size (which `partial`'s options must hold).
+    """
     flat = noisy.reshape(-1, *noisy.shape[2:])
     out = np.empty_like(flat)
-    with _progress(len(flat), "SIDD benchmark") as bar:
-        for start, rounded in denoise_blocks(denoiser, flat, seed, batch, Timing()):
+    n = len(flat)
+    per_call = call_size(denoiser, n, batch)
+    starts = list(range(0, n, per_call))
+    done = {} if partial is None else partial.load(starts, [(min(per_call, n - s), *flat.shape[1:]) for s in starts])
+    with _progress(n, "SIDD benchmark") as bar:
+        for start, blocks in done.items():
+            out[start : start + len(blocks)] = blocks
+            bar.update(min(per_call, n - start))
+        for start, rounded in denoise_blocks(denoiser, flat, seed, batch, Timing(), skip=done):
             out[start : start + len(rounded)] = rounded
+            if partial is not None:
+                partial.save(start, rounded)
             bar.update(len(rounded))
     return out.reshape(noisy.shape)
 
