@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -149,8 +148,10 @@ def train_step(
     # The new parameters too: a finite gradient times a huge learning rate can still overflow.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     if recipe.skip_nonfinite:
-        keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-        params, opt_state, ema = keep(params, state.params), keep(opt_state, state.opt_state), keep(ema, state.ema)
+        # One conditional over the trees: a select per leaf made XLA:CPU compile 8x longer.
+        params, opt_state, ema = jax.lax.cond(
+            finite, lambda: (params, opt_state, ema), lambda: (state.params, state.opt_state, state.ema)
+        )
     metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": grad_norm, "nonfinite": ~finite}
     return TrainState(params, opt_state, state.step + 1, state.rng, ema), metrics
 

@@ -83,14 +83,14 @@ def _last_lines(capsys) -> str:
 
 def test_skip_nonfinite_skips_the_updates_and_counts_them_across_a_resume(images, tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert main(tiny(images, workdir, "train.skip_nonfinite=true", "--max-steps", "3")) == 0
-    assert main(tiny(images, workdir, "train.skip_nonfinite=true")) == 0
+    assert main(tiny(images, workdir, "train.skip_nonfinite=true", "--max-steps", "2")) == 0
+    assert main(tiny(images, workdir, "train.skip_nonfinite=true", "--max-steps", "4")) == 0
     lines = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
     counts = [line["skipped_nonfinite"] for line in lines]
-    assert [line["step"] for line in lines] == list(range(1, 7))
+    assert [line["step"] for line in lines] == list(range(1, 5))
     # Every step from the first overflow on is skipped, and the count goes on after the resume.
     first = next(i for i, c in enumerate(counts) if c)
-    assert counts == [0] * first + list(range(1, 7 - first)) and counts[-1] >= 3
+    assert first <= 1 and counts == [0] * first + list(range(1, 5 - first))
     loaded = load_checkpoint(workdir)
-    assert loaded.step == 6
+    assert loaded.step == 4
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(loaded.params))

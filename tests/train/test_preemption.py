@@ -17,14 +17,14 @@ from ambsn_jax.cli.train import main
 from ambsn_jax.train.loop import METRICS_FILE, checkpoint_manager
 from tests.helpers import ROOT, write_png
 
-STEPS = 30
+STEPS = 12
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": ""}
 
 
 def tiny(images, workdir, workers=0):
     return ["--config", "demo", "--data-dir", str(images), "--workdir", str(workdir), "--max-steps", str(STEPS),
-            "--save-every", "10", "--seed", "3", "--set", "model.base_ch=4", "data.patches=false", "data.crop=20",
-            f"data.workers={workers}", "train.batch_size=2", "train.steps_per_epoch=10", "val.dir=null", "log.every=1"]  # fmt: skip
+            "--save-every", "4", "--seed", "3", "--set", "model.base_ch=4", "data.patches=false", "data.crop=20",
+            f"data.workers={workers}", "train.batch_size=2", "train.steps_per_epoch=6", "val.dir=null", "log.every=1"]  # fmt: skip
 
 
 def losses(workdir):
