@@ -7,8 +7,11 @@ of `ambsn_jax.nets.registry` (e.g. `MMBSNConfig(base_ch=8)`), which names the ar
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,9 +31,14 @@ from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
 from tests import helpers
 
-# The commands run in-process here keep compiled programs on disk (ambsn_jax.cli.common); the
-# tests' small shapes stay out of the user's cache (tests/cli/test_common.py checks the cache).
-os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
+# Compiled programs are kept on disk for the session only: the tests' small shapes stay out of
+# the user's cache (tests/cli/test_common.py checks that cache), while the many runs of the
+# same tiny networks, in this process and in the subprocesses that inherit the variable,
+# compile each program once.
+_CACHE = tempfile.mkdtemp(prefix="ambsn-test-xla-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 # Parity is defined against float32 convolutions; TF32 (the GPU default) alone moves outputs
 # by ~0.3, so the tests pin full precision wherever they run.

@@ -44,7 +44,7 @@ def run_in_subprocesses(all_argv: list[list[str]], processes: int, devices: int,
         f"assert main({argv!r}) == 0\n" for argv in all_argv
     )
     env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": "",
+        **os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
     }  # fmt: skip
     if processes > 1:

@@ -18,7 +18,7 @@ from ambsn_jax.train.loop import METRICS_FILE, checkpoint_manager
 from tests.helpers import ROOT, write_png
 
 STEPS = 12
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": ""}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def tiny(images, workdir, workers=0):
