@@ -32,7 +32,6 @@ import numpy as np
 from ambsn_jax.nets import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing convert/
 
 ARCHS = list(registry.ARCHITECTURES)
 CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx256", "eval_throughput"]
@@ -40,7 +39,6 @@ CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx
 # devices that share the same cores: the numbers then show overhead, not speed-up).
 EVAL_DEVICES = (1, 2, 4)
 EVAL_BLOCKS_PER_DEVICE = 2
-TRAIN_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
 MATMUL_N = 4096
 TRAIN_BATCH, TRAIN_CROP = 8, 120  # the release's recipe: batch 8 of 120 x 120 crops, PD 5
 
@@ -126,7 +124,7 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
     from ambsn_jax.train import config as configlib
     from ambsn_jax.train.step import Recipe, init_state, lr_schedule, optimizer, train_step
 
-    cfg = configlib.resolve(TRAIN_CONFIG[arch], [(["data", "dir"], "demo")])  # a recipe wants a data folder
+    cfg = configlib.resolve(registry.get(arch).release_config, [(["data", "dir"], "demo")])  # a recipe wants a data folder
     schedule = lr_schedule(cfg.optim, steps_per_epoch=1000)
     tx = optimizer(cfg.optim, schedule)
 

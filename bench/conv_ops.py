@@ -16,12 +16,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 N, S, C = 8, 130, 128
 CONVS = [(3, 2), (5, 1), (1, 1)]  # (kernel size, dilation): the network's kinds

@@ -31,27 +31,22 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import jax
 
-import jax  # noqa: E402
+from ambsn_jax.checkpoint.meta import CheckpointMeta
+from ambsn_jax.inference.release import default_inference
+from ambsn_jax.nets import registry
+from ambsn_jax.portability import census, export_for, inference_program, problems, train_program
+from ambsn_jax.train import config as configlib
 
-from ambsn_jax.checkpoint.meta import CheckpointMeta  # noqa: E402
-from ambsn_jax.inference.release import default_inference  # noqa: E402
-from ambsn_jax.nets import registry  # noqa: E402
-from ambsn_jax.portability import census, export_for, inference_program, problems, train_program  # noqa: E402
-from ambsn_jax.train import config as configlib  # noqa: E402
-
-RELEASE_CONFIG = {"ambsn": "sidd", "apbsn": "apbsn_sidd", "mmbsn": "mmbsn_sidd"}
 BLOCK = 256
 
 
 def programs(arch: str, width: int) -> list[tuple[str, Callable, tuple]]:
     """(label, jitted fn, abstract args) of the architecture's inference and training step."""
     cfg = configlib.resolve(
-        RELEASE_CONFIG[arch], [(["model", "base_ch"], width), (["data", "dir"], "unused: lowering only")]
+        registry.get(arch).release_config, [(["model", "base_ch"], width), (["data", "dir"], "unused: lowering only")]
     )
     config = registry.network_config(arch, {"base_ch": width})
     meta = CheckpointMeta.for_network(
@@ -72,7 +67,7 @@ def _fmt(counter: Counter) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--platform", nargs="+", default=["cuda", "tpu"], help="lowering platforms (default: cuda tpu)")
-    p.add_argument("--arch", nargs="+", default=list(RELEASE_CONFIG), choices=list(RELEASE_CONFIG))
+    p.add_argument("--arch", nargs="+", default=list(registry.ARCHITECTURES), choices=list(registry.ARCHITECTURES))
     p.add_argument("--width", type=int, default=128, help="network width base_ch (default: 128, the releases')")
     args = p.parse_args(argv)
     targets = [(pl,) for pl in args.platform]

@@ -4,13 +4,8 @@ The work is in `ambsn_jax.convert.torch2flax`; this script is the name the relea
 """
 
 import sys
-from pathlib import Path
 
-# Run as `python convert/torch2flax.py`, Python puts convert/ on sys.path, not the checkout's
-# root that holds `ambsn_jax` (else an installed copy elsewhere would be imported instead).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ambsn_jax.cli.convert import main  # noqa: E402
+from ambsn_jax.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -104,4 +104,5 @@ ARCHITECTURE = Architecture(
     mask_map=mask_map,
     reference=reference,
     release_tta=True,
+    release_config="sidd",
 )

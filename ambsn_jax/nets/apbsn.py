@@ -105,4 +105,5 @@ ARCHITECTURE = Architecture(
     mask_map=mask_map,
     reference=reference,
     release_tta=False,
+    release_config="apbsn_sidd",
 )

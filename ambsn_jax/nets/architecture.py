@@ -30,5 +30,6 @@ class Architecture:
     mask_map: Callable[[Any], MaskMap]
     reference: Callable[[Any], Any]
     release_tta: bool  # the release's inference fuses the PD-2 pass with a PD-`train_pd` pass
+    release_config: str  # the shipped training config of the release's recipe (ambsn_jax/configs)
     release_train_pd: int = 5  # PD factor the release trains with (its pd_a)
     release_pd_pad: int = 2

@@ -167,4 +167,5 @@ ARCHITECTURE = Architecture(
     mask_map=mask_map,
     reference=reference,
     release_tta=False,
+    release_config="mmbsn_sidd",
 )

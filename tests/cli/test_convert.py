@@ -42,8 +42,10 @@ class _RunsCode:
 
 def test_script_converts_verifies_and_records(official_state_dict, reference, assert_parity, tmp_path):
     src = write_pth(tmp_path / "AMBSN.pth", official_state_dict(8))
+    # The checkout under test, whichever copy of the package is installed (CI installs this one).
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "convert" / "torch2flax.py"), str(src)], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, str(ROOT / "convert" / "torch2flax.py"), str(src)], capture_output=True, text=True, cwd=tmp_path, env=env
     )
     assert run.returncode == 0, run.stderr
     diffs = printed_diffs(run.stdout)
