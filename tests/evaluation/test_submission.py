@@ -32,7 +32,7 @@ def test_submissions_round_trip_and_pass_the_check(bench_dir, ckpt, model, capsy
     for name in ("sub.csv", "sub.mat"):
         code, out, err = evaluate(["--ckpt", ckpt, "--sidd-bench", bench_dir, "--submission", tmp_path / name, *FAST], capsys)
         assert code == 0, err
-        assert out == f"wrote {tmp_path / name}: 4 blocks\n"
+        assert out == f"wrote {tmp_path / name}: 4 blocks (0 of 1 calls reused from an earlier run; --overwrite redoes them)\n"
     from_csv = _decode_csv(tmp_path / "sub.csv", SIDD_SHAPE)
     from_mat = scipy.io.loadmat(tmp_path / "sub.mat")[MAT_VARIABLE]
     assert from_mat.dtype == np.uint8
