@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from bench import _timed  # bench/bench.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,18 +89,6 @@ def _denoiser(width: int, **switches):
     return BatchDenoiser("ambsn", model.config, cfg).bind(params_of(model))
 
 
-def _time(fn, repeats: int) -> dict:
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return {"first_call_s": first, "median_s": float(np.median(runs))}
-
-
 def _blocks(n: int, side: int):
     x = np.random.default_rng(0).uniform(0, 255, (n, side, side, 3)).astype(np.float32)
     return x, jax.random.split(jax.random.key(0), n)
@@ -108,7 +97,7 @@ def _blocks(n: int, side: int):
 def _r3(width: int, side: int, repeats: int) -> dict:
     x, keys = _blocks(1, side)
     return {
-        name: _time(lambda d=_denoiser(width, r3_batched=batched): d(x, keys), repeats)
+        name: _timed(lambda d=_denoiser(width, r3_batched=batched): d(x, keys), repeats)
         for name, batched in (("in_turn", False), ("one_batch", True))
     }
 
@@ -116,7 +105,7 @@ def _r3(width: int, side: int, repeats: int) -> dict:
 def _sidd(width: int, side: int, per_call: int, repeats: int) -> dict:
     d = _denoiser(width)
     x, keys = _blocks(per_call * d.devices, side)
-    r = _time(lambda: d(x, keys), repeats)
+    r = _timed(lambda: d(x, keys), repeats)
     rate = len(x) / r["median_s"]
     return {**r, "blocks_per_call": len(x), "blocks_per_s": rate, "sidd_1280_blocks_s": 1280 / rate}
 
