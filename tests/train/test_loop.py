@@ -291,3 +291,36 @@ def test_a_run_at_another_pd_is_evaluated_and_recorded_at_it(images, val_dir, tm
     assert report["checkpoint"]["train_pd"] == 4 and report["checkpoint"]["step"] == 1
     assert len(report["blocks"]) == 4 and report["training"]["stopped_early"] is True
     assert "step 1 (best by validation PSNR)" in capsys.readouterr().out
+
+
+_VALIDATION = """
+import json, sys
+import numpy as np
+from ambsn_jax import mesh as meshlib
+from ambsn_jax.checkpoint.store import load_checkpoint
+from ambsn_jax.evaluation.sidd import load_validation
+from ambsn_jax.inference.denoiser import BatchDenoiser
+from ambsn_jax.inference.release import default_inference
+from ambsn_jax.train import config as configlib
+from ambsn_jax.train.loop import validation_scores
+
+ckpt = load_checkpoint(sys.argv[1])
+cfg = configlib.resolve("demo", [(["val", "batch_size"], 1)])
+denoiser = BatchDenoiser(ckpt.meta.arch, ckpt.meta.config, default_inference(ckpt.meta), meshlib.make_mesh())
+scores, rows = validation_scores(denoiser, ckpt.params, load_validation(sys.argv[2]), cfg)
+print(json.dumps({"devices": denoiser.devices, **scores, "rows": [r.tolist() for r in rows]}))
+"""
+
+
+def test_validation_inside_training_scores_alike_on_four_devices(ckpt, val_dir):
+    """The scores training records (its blocks split over the training mesh) equal one device's."""
+    runs = []
+    for devices in (1, 4):
+        proc = run_script(_VALIDATION.replace("sys.argv[1]", repr(str(ckpt))).replace("sys.argv[2]", repr(str(val_dir))),
+                          {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    one, four = runs
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert four["psnr"] == pytest.approx(one["psnr"], abs=1e-4) and four["ssim"] == pytest.approx(one["ssim"], abs=1e-5)
+    assert len(one["rows"]) == 3 and np.abs(np.asarray(four["rows"]) - np.asarray(one["rows"])).max() <= 1
