@@ -7,6 +7,7 @@ With the same checkpoint, switches and seed, they give the pixels that
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,12 @@ def _as_samples(image: np.ndarray, float_max: float) -> tuple[np.ndarray, float 
         raise UserError(f"the array is {image.dtype}; pass uint8, uint16 or float (0..1, or 0..255 with float_max=255)")
     if float_max not in (1.0, 255.0):
         raise UserError(f"float_max={float_max}: must be 1 (floats in 0..1) or 255 (floats in 0..255)")
-    low, high = (float(np.nanmin(image)), float(np.nanmax(image))) if image.size else (0.0, 0.0)
-    if not (np.isfinite(image).all() and low >= 0.0 and high <= float_max):
+    finite = bool(np.isfinite(image).all())
+    # nanmin / nanmax warn on an all-NaN array; the message below says what is wrong instead.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = (float(np.nanmin(image)), float(np.nanmax(image))) if image.size else (0.0, 0.0)
+    if not (finite and low >= 0.0 and high <= float_max):
         hint = " (values above 1: pass float_max=255 for 0..255 floats)" if float_max == 1.0 and high <= 255 else ""
         raise UserError(f"the float array spans {low:g}..{high:g}, not 0..{float_max:g}{hint}")
     return np.round(image.astype(np.float64) * (65535.0 / float_max)).astype(np.uint16), float_max
