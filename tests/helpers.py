@@ -17,7 +17,7 @@ from ambsn_jax.inference.release import InferenceConfig
 from ambsn_jax.nets import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-# The releases' key lists (copies of ../shared/spec/*_state_dict.tsv, so that a bare checkout tests).
+# The releases' key lists (official checkpoints' keys and shapes, docs/release.md "Checkpoint files").
 KEY_LISTS = Path(__file__).resolve().parent / "convert" / "keys"
 
 # Random-init outputs are ~0.3 at most, 1000x below trained 0..255 outputs, and the measured
