@@ -179,3 +179,17 @@ def evaluate_report(argv: Sequence, capsys, tmp_path: Path, name: str = "report.
 def block_numbers(rep: dict) -> np.ndarray:
     """(blocks, 2): each block's PSNR and SSIM in a validation report."""
     return np.array([[b["psnr"], b["ssim"]] for b in rep["blocks"]])
+
+
+def fake_dnd(root: Path, images: list[np.ndarray], boxes: list[list[list[int]]]) -> Path:
+    """The DND kit's layout in MATLAB v7.3: info.boundingboxes as a cell of per-image arrays."""
+    import h5py
+
+    (root / "images_srgb").mkdir(parents=True)
+    with h5py.File(root / "info.mat", "w") as f:
+        refs = [f.create_dataset(f"#refs#/b{i}", data=np.asarray(b, np.float64).T).ref for i, b in enumerate(boxes)]
+        f.create_group("info").create_dataset("boundingboxes", data=np.array([refs], dtype=h5py.ref_dtype))
+    for i, image in enumerate(images, start=1):
+        with h5py.File(root / "images_srgb" / f"{i:04d}.mat", "w") as f:
+            f.create_dataset("InoisySRGB", data=image.T)
+    return root

@@ -22,7 +22,7 @@ from ambsn_jax.data import demo
 from ambsn_jax.data.sidd import save_blocks_mat
 from ambsn_jax.evaluation.sidd import VALIDATION_CLEAN, VALIDATION_NOISY
 from ambsn_jax.files import sha256_tree
-from tests.helpers import ROOT, evaluate, evaluate_report, one_error_line, sidd_blocks
+from tests.helpers import ROOT, evaluate, evaluate_report, fake_dnd, one_error_line, sidd_blocks
 
 FAST = ["--no-tta", "--no-r3"]
 
@@ -85,19 +85,6 @@ def _val_folder(root: Path, noisy: dict[str, np.ndarray], clean: np.ndarray) -> 
 def _garbage_val_folder(root: Path, val_dir: Path) -> Path:
     shutil.copytree(val_dir, root)
     _garbage(root / VALIDATION_NOISY)
-    return root
-
-
-def _dnd(root: Path, image_shapes: list[tuple[int, ...]], boxes: list[list[list[int]]]) -> Path:
-    import h5py
-
-    (root / "images_srgb").mkdir(parents=True)
-    with h5py.File(root / "info.mat", "w") as f:
-        refs = [f.create_dataset(f"#refs#/b{i}", data=np.asarray(b, np.float64).T).ref for i, b in enumerate(boxes)]
-        f.create_group("info").create_dataset("boundingboxes", data=np.array([refs], dtype=h5py.ref_dtype))
-    for i, shape in enumerate(image_shapes, start=1):
-        with h5py.File(root / "images_srgb" / f"{i:04d}.mat", "w") as f:
-            f.create_dataset("InoisySRGB", data=np.zeros(shape).T)
     return root
 
 
@@ -194,11 +181,11 @@ ERRORS = {
         "not DND's info.mat",
     ),
     "dnd box outside image": (
-        lambda t, v, b, c: ["--dnd", _dnd(t / "d", [(10, 10, 3)], [[[1, 1, 12, 10]]]), "--submission-dir", t / "o", "--ckpt", c],
+        lambda t, v, b, c: ["--dnd", fake_dnd(t / "d", [np.zeros((10, 10, 3))], [[[1, 1, 12, 10]]]), "--submission-dir", t / "o", "--ckpt", c],
         "box [1, 1, 12, 10] lies outside the 10x10 image",
     ),
     "dnd image missing": (
-        lambda t, v, b, c: ["--dnd", _dnd(t / "d", [], [[[1, 1, 4, 4]]]), "--submission-dir", t / "o", "--ckpt", c],
+        lambda t, v, b, c: ["--dnd", fake_dnd(t / "d", [], [[[1, 1, 4, 4]]]), "--submission-dir", t / "o", "--ckpt", c],
         "0001.mat: no such file; info.mat lists image 1",
     ),
 }

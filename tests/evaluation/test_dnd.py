@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -15,19 +14,7 @@ from ambsn_jax.evaluation import dnd
 from ambsn_jax.evaluation.common import item_keys
 from ambsn_jax.inference.release import postprocess
 from ambsn_jax.inference.tiling import denoise_image
-from tests.helpers import RELEASE, bound, evaluate, no_temp_files
-
-
-def fake_dnd(root: Path, images: list[np.ndarray], boxes: list[list[list[int]]]) -> Path:
-    """The DND kit's layout in MATLAB v7.3: info.boundingboxes as a cell of per-image arrays."""
-    (root / "images_srgb").mkdir(parents=True)
-    with h5py.File(root / "info.mat", "w") as f:
-        refs = [f.create_dataset(f"#refs#/b{i}", data=np.asarray(b, np.float64).T).ref for i, b in enumerate(boxes)]
-        f.create_group("info").create_dataset("boundingboxes", data=np.array([refs], dtype=h5py.ref_dtype))
-    for i, image in enumerate(images, start=1):
-        with h5py.File(root / "images_srgb" / f"{i:04d}.mat", "w") as f:
-            f.create_dataset("InoisySRGB", data=image.T)
-    return root
+from tests.helpers import RELEASE, bound, evaluate, fake_dnd, no_temp_files
 
 
 def test_dnd_writes_the_kits_box_and_bundled_files(model, ckpt, capsys, tmp_path):

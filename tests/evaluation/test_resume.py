@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import shutil
 
-import h5py
 import numpy as np
 import pytest
 import scipy.io
 
 from ambsn_jax.evaluation import resume as resumelib
 from ambsn_jax.evaluation.resume import PartialBlocks, Resume, fingerprint
-from tests.helpers import evaluate, write_png
+from tests.helpers import evaluate, fake_dnd, write_png
 
 FAST = ["--no-tta", "--no-r3"]
 
@@ -64,19 +63,9 @@ def test_a_folder_rerun_redoes_only_what_is_missing(ckpt, tmp_path, capsys):
     assert code == 2 and "--overwrite applies to --input, --dnd and --sidd-bench only" in err
 
 
-def _fake_dnd(root, images, boxes):
-    (root / "images_srgb").mkdir(parents=True)
-    with h5py.File(root / "info.mat", "w") as f:
-        refs = [f.create_dataset(f"#refs#/b{i}", data=np.asarray(b, np.float64).T).ref for i, b in enumerate(boxes)]
-        f.create_group("info").create_dataset("boundingboxes", data=np.array([refs], dtype=h5py.ref_dtype))
-    for i, image in enumerate(images, start=1):
-        with h5py.File(root / "images_srgb" / f"{i:04d}.mat", "w") as f:
-            f.create_dataset("InoisySRGB", data=image.T)
-
-
 def test_a_dnd_rerun_redoes_only_the_missing_boxes(ckpt, tmp_path, capsys):
     rng = np.random.default_rng(0)
-    _fake_dnd(tmp_path / "dnd", [rng.uniform(0, 1, (24, 26, 3)) for _ in range(2)],
+    fake_dnd(tmp_path / "dnd", [rng.uniform(0, 1, (24, 26, 3)) for _ in range(2)],
               [[[3, 5, 18, 20], [1, 1, 16, 16]], [[5, 2, 20, 17]]])  # fmt: skip
     out = tmp_path / "sub"
     argv = ["--ckpt", ckpt, "--dnd", tmp_path / "dnd", "--submission-dir", out, *FAST]
