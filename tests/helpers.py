@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import jax
 import numpy as np
 import torch
@@ -193,3 +194,16 @@ def fake_dnd(root: Path, images: list[np.ndarray], boxes: list[list[list[int]]])
         with h5py.File(root / "images_srgb" / f"{i:04d}.mat", "w") as f:
             f.create_dataset("InoisySRGB", data=image.T)
     return root
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (36, 44), seed: int = 0) -> list[Path]:
+    """Smooth random colour images (blurred noise), as PNG files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image = cv2.GaussianBlur(rng.uniform(0, 255, (*size, 3)).astype(np.float32), (0, 0), 2)
+        path = folder / f"img{i:02d}.png"
+        cv2.imwrite(str(path), np.clip(image * 3 - 255, 0, 255).astype(np.uint8))
+        paths.append(path)
+    return paths

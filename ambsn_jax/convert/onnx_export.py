@@ -75,6 +75,8 @@ def _pd_module(ref: "torch.nn.Module", cfg: InferenceConfig) -> "torch.nn.Module
     """`inference.denoise` with R3 off, from the release's own PD forward and padding."""
     import torch
 
+    ref.pd_pad = cfg.pd_pad  # the checkpoint's (the wrapper defaults to the release's 2; a student has 0)
+
     class PDInference(torch.nn.Module):
         def __init__(self):
             super().__init__()

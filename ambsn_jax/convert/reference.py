@@ -1,4 +1,5 @@
-"""PyTorch reference of the AM-BSN, AP-BSN and MM-BSN releases: module names, forward, PD, TTA, R3.
+"""PyTorch reference of the AM-BSN, AP-BSN and MM-BSN releases: module names, forward, PD, TTA, R3;
+and the PyTorch twin of this project's own distilled student (`Student`).
 
 Written from what the releases compute (docs/release.md) so that `load_state_dict(strict=True)`
 takes an official state dict of each and the numbers are the releases'. It is the yardstick of
@@ -230,6 +231,45 @@ class MMBSN(nn.Module):
         m3 = self.dc_branchl2_mask3(self.conv2_1(torch.cat(y1, dim=1)))
         m5 = self.dc_branchl2_mask5(self.conv2_2(torch.cat(y2, dim=1)))
         return self.tail(torch.cat([*e, m3, m5], dim=1))
+
+
+class Student(nn.Module):
+    """`ambsn_jax.nets.student.Student` in PyTorch, with the same keys as its key map."""
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, base_ch: int = 32, depth: int = 3, blocks: int = 2):
+        super().__init__()
+        w = [base_ch * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.head = nn.Conv2d(in_ch, w[0], 3, padding=1)
+        self.enc = nn.ModuleList(
+            nn.ModuleList(nn.Conv2d(w[max(i - 1, 0)] if j == 0 else w[i], w[i], 3, padding=1) for j in range(blocks))
+            for i in range(depth + 1)
+        )
+        self.up = nn.ModuleList(nn.Conv2d(w[i + 1], w[i], 1) for i in range(depth))
+        self.dec = nn.ModuleList(
+            nn.ModuleList(nn.Conv2d(w[i], w[i], 3, padding=1) for _ in range(blocks)) for i in range(depth)
+        )
+        self.tail = nn.Conv2d(w[0], out_ch, 3, padding=1)
+
+    @staticmethod
+    def _run(stack: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for layer in stack:
+            x = F.relu(layer(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2**self.depth
+        x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+        f = self._run(self.enc[0], F.relu(self.head(x / 255.0)))
+        skips = []
+        for stack in self.enc[1:]:
+            skips.append(f)
+            f = self._run(stack, F.avg_pool2d(f, 2))
+        for i in reversed(range(self.depth)):
+            up = self.up[i](f).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+            f = self._run(self.dec[i], skips[i] + up)
+        return (x + 255.0 * self.tail(f))[:, :, :h, :w]
 
 
 def pixel_shuffle_down_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Tensor:

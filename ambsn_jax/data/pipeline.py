@@ -38,9 +38,25 @@ def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return crop
 
 
-def random_crop(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random augmented `size` x `size` window of the image at `path`: float32 RGB 0..255."""
-    image, _ = read_image(path)
+def _read_aligned(source: str | tuple[str, ...]) -> np.ndarray:
+    """The image at `source`, or the images of a tuple of paths (a noisy image and its
+    teacher's target) stacked along the channels, which must then be of one size."""
+    paths = (source,) if isinstance(source, str) else source
+    images = [read_image(p)[0] for p in paths]
+    for path, image in zip(paths[1:], images[1:]):
+        if image.shape[:2] != images[0].shape[:2]:
+            raise UserError(
+                f"{path}: {image.shape[1]}x{image.shape[0]}, but {paths[0]} is "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; delete {path} so that it is made again"
+            )
+    return images[0] if len(images) == 1 else np.concatenate(images, axis=-1)
+
+
+def random_crop(source: str | tuple[str, ...], rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random augmented `size` x `size` window of the image at `source`: float32 RGB
+    0..255; of a tuple of aligned images, the same window of each, stacked along the channels."""
+    image = _read_aligned(source)
+    path = source if isinstance(source, str) else source[0]
     height, width = image.shape[:2]
     if height < size or width < size:
         raise UserError(
@@ -54,7 +70,7 @@ def random_crop(path: str, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def training_batches(
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path | tuple[str | Path, ...]],
     *,
     crop: int,
     global_batch: int,
@@ -62,7 +78,8 @@ def training_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.MapDataset:
-    """This host's batches, (global_batch / process_count, crop, crop, 3) float32, endless.
+    """This host's batches, (global_batch / process_count, crop, crop, 3) float32, endless;
+    of tuples of aligned paths (distillation's noisy image and target), 3 channels per path.
 
     Each epoch visits every image once in a new order; the shuffle and every crop's random
     numbers are keyed by the sample's position in the global stream (Grain's `seed` and
@@ -74,7 +91,7 @@ def training_batches(
         raise UserError(f"batch size {global_batch} does not divide by the {process_count} hosts")
     local_batch = global_batch // process_count
     samples = (
-        grain.MapDataset.source([str(p) for p in paths])
+        grain.MapDataset.source([str(p) if isinstance(p, (str, Path)) else tuple(map(str, p)) for p in paths])
         .seed(seed)
         .shuffle()
         .repeat()  # each epoch reshuffled: the shuffle sees the index across epochs

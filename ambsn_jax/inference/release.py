@@ -50,13 +50,17 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
 
     AM-BSN fuses the PD-2 pass with a pass at the PD factor it was trained with (the release:
     5); AP-BSN and MM-BSN have no such fusion: PD 2, then R3, and `tta=True` keeps it so.
+    A non-blind network (the distilled student) sees every pixel: one pass of the network, no
+    PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
     The precision defaults to the platform's (`ops.precision.default_precision`).
     """
+    blind = meta.architecture.blind_spot
     release = InferenceConfig(
-        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta, precision=default_precision()
-    )
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, pd_b=2 if blind else 1, tta=meta.architecture.release_tta,
+        r3=blind, precision=default_precision(),
+    )  # fmt: skip
     cfg = dataclasses.replace(release, **switches)
-    return dataclasses.replace(cfg, tta=cfg.tta and release.tta)
+    return dataclasses.replace(cfg, tta=cfg.tta and release.tta, r3=cfg.r3 and release.r3)
 
 
 def _crop(x: jax.Array, p: int) -> jax.Array:

@@ -33,3 +33,6 @@ class Architecture:
     release_config: str  # the shipped training config of the release's recipe (ambsn_jax/configs)
     release_train_pd: int = 5  # PD factor the release trains with (its pd_a)
     release_pd_pad: int = 2
+    # False for a network that sees every pixel (the distilled student): its default inference
+    # is one pass of the network, without PD, fusion or R3.
+    blind_spot: bool = True

@@ -39,8 +39,9 @@ _Loader.add_implicit_resolver(
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    arch: str  # a name of `ambsn_jax.nets.registry`: "ambsn", "apbsn", "mmbsn"
+    arch: str  # a name of `ambsn_jax.nets.registry`: "ambsn", "apbsn", "mmbsn", "student"
     base_ch: int  # network width C; the releases' is 128
+    depth: int | None  # the student's levels (times it halves the resolution); null: the network's default
     init: str | None  # fine-tune: start from this checkpoint (Orbax dir, workdir or .pth) of the same network
 
 
@@ -103,6 +104,12 @@ class LogSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillSection:
+    teacher: str | None  # blind-spot checkpoint (Orbax dir, workdir or .pth) whose default inference the student learns; null: self-supervised training
+    targets_dir: str | None  # where the teacher's outputs of the training images are kept; null: <workdir>/teacher
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str
     seed: int
@@ -113,6 +120,12 @@ class Config:
     val: ValSection
     checkpoint: CheckpointSection
     log: LogSection
+    distill: DistillSection
+
+    def network_fields(self) -> dict[str, Any]:
+        """The network config fields the training config sets (the others: the network's defaults)."""
+        depth = {} if self.model.depth is None else {"depth": self.model.depth}
+        return {"base_ch": self.model.base_ch, **depth}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,6 +258,25 @@ def check_values(cfg: Config) -> Config:
     """Checks between values that the types alone do not catch."""
     if cfg.model.arch not in registry.ARCHITECTURES:
         raise UserError(f"model.arch {cfg.model.arch!r}: must be one of {', '.join(registry.ARCHITECTURES)}")
+    record = registry.get(cfg.model.arch)
+    if cfg.model.depth is not None and record.blind_spot:
+        raise UserError(f"model.depth is the student's; {record.display_name} has none (set it to null)")
+    registry.network_config(cfg.model.arch, cfg.network_fields())
+    if cfg.distill.teacher is not None and record.blind_spot:
+        raise UserError(
+            f"distill.teacher is set, but model.arch {cfg.model.arch} is a blind-spot network: distillation "
+            "trains the student (--set model.arch=student, or use --config distill_demo / distill_sidd)"
+        )
+    if cfg.distill.teacher is None and not record.blind_spot:
+        raise UserError(
+            f"the {record.display_name} learns from a teacher: --set distill.teacher=CKPT "
+            "(a checkpoint of AM-BSN, AP-BSN or MM-BSN: Orbax dir, training workdir or .pth)"
+        )
+    if not record.blind_spot and (cfg.train.pd, cfg.train.pd_pad) != (1, 0):
+        raise UserError(
+            f"the {record.display_name} sees whole images: train.pd must be 1 and train.pd_pad 0, "
+            f"not {cfg.train.pd} and {cfg.train.pd_pad}"
+        )
     if cfg.data.crop % cfg.train.pd:
         raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
     if cfg.data.dir is None:

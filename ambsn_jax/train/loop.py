@@ -37,7 +37,7 @@ from ambsn_jax.evaluation import sidd as sidd_eval
 from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import default_inference
 from ambsn_jax.nets import registry
-from ambsn_jax.train import nonfinite, recovery
+from ambsn_jax.train import distill, nonfinite, recovery
 from ambsn_jax.train.preemption import Preemption, exit_status
 from ambsn_jax.train.workdir_lock import hold_workdir
 from ambsn_jax.train.config import Config, DataSection, save_resolved
@@ -111,13 +111,14 @@ def initial_params(path: str, meta: CheckpointMeta) -> dict:
 def training_meta(cfg: Config) -> CheckpointMeta:
     """The metadata of the run's checkpoints: the network, the PD it trains with, and which
     weights they serve."""
-    config = registry.network_config(cfg.model.arch, {"base_ch": cfg.model.base_ch})
+    config = registry.network_config(cfg.model.arch, cfg.network_fields())
+    teacher = "" if cfg.distill.teacher is None else f", distilled from {cfg.distill.teacher}"
     return CheckpointMeta.for_network(
         cfg.model.arch,
         config,
         train_pd=cfg.train.pd,
         train_pd_pad=cfg.train.pd_pad,
-        source=f"config {cfg.name}",
+        source=f"config {cfg.name}{teacher}",
         ema_decay=cfg.optim.ema_decay,
     )
 
@@ -298,6 +299,11 @@ def _train(cfg: Config, workdir: Path) -> int:
         k = cfg.val.blocks_per_image or noisy.shape[1]
         val = noisy[:, :k], clean[:, :k]
     save_resolved(cfg, workdir, write=lead)
+    recipe = Recipe.of(cfg)
+    sources = paths
+    if cfg.distill.teacher is not None:
+        targets = Path(cfg.distill.targets_dir) if cfg.distill.targets_dir else workdir / distill.TARGETS_DIR
+        sources = distill.teacher_targets(cfg.distill.teacher, paths, targets, cfg.seed, recipe.precision)
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(paths) // cfg.train.batch_size)
     total_steps = cfg.train.epochs * steps_per_epoch
     last_step = min(total_steps, cfg.train.max_steps or total_steps)
@@ -309,7 +315,6 @@ def _train(cfg: Config, workdir: Path) -> int:
     schedule = lr_schedule(cfg.optim, steps_per_epoch)
     tx = optimizer(cfg.optim, schedule)
     new_model = partial(registry.build, meta.arch, meta.config, cfg.seed)
-    recipe = Recipe.of(cfg)
     state = jax.jit(partial(init_state, new_model, tx, cfg.seed, recipe), out_shardings=meshlib.replicated(mesh))()
     if init_params is not None:
         # Adam's initial state holds zeros and a count, not the parameters' values, so only
@@ -321,7 +326,7 @@ def _train(cfg: Config, workdir: Path) -> int:
     denoiser = BatchDenoiser(meta.arch, meta.config, inference, mesh)
 
     batches = training_batches(
-        paths,
+        sources,
         crop=cfg.data.crop,
         global_batch=cfg.train.batch_size,
         seed=cfg.seed,

@@ -34,13 +34,14 @@ class Recipe:
     precision: str  # of the convolutions (`ops.precision`)
     ema_decay: float | None  # of the served average of the weights; None: none kept
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
+    distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
 
     @classmethod
     def of(cls, cfg: Config) -> Recipe:
         t = cfg.train
         return cls(
             t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay,
-            t.skip_nonfinite,
+            t.skip_nonfinite, cfg.distill.teacher is not None,
         )  # fmt: skip
 
 
@@ -90,9 +91,14 @@ def optimizer(cfg: OptimSection, schedule: optax.Schedule) -> optax.GradientTran
 def l1_loss(
     params: Params, graphdef: nnx.GraphDef, batch: jax.Array, recipe: Recipe, perm: jax.Array | None = None
 ) -> jax.Array:
-    """L1 between the PD forward of the noisy crops and the crops themselves, mean over all."""
+    """The self-supervised loss, L1 between the PD forward of the noisy crops and the crops
+    themselves; with `recipe.distill`, L1 between the network's output on the noisy crops
+    (channels 0..2) and the teacher's (3..5). The mean over all pixels either way."""
     net = with_precision(nnx.merge(graphdef, params), recipe.precision)
     with convolutions_in(recipe.precision):
+        if recipe.distill:
+            noisy, target = jnp.split(batch, 2, axis=-1)
+            return jnp.mean(jnp.abs(net(noisy) - target))
         return jnp.mean(jnp.abs(pd_forward(net, batch, recipe.pd, recipe.pd_pad, perm) - batch))
 
 

@@ -17,9 +17,13 @@ from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
+from ambsn_jax.nets.student import StudentConfig
 from tests.helpers import printed_diffs, write_pth
 
-EXPORTED = {"ambsn": AMBSNConfig(base_ch=8), "apbsn": APBSNConfig(base_ch=8), "mmbsn": MMBSNConfig(base_ch=8)}
+EXPORTED = {
+    "ambsn": AMBSNConfig(base_ch=8), "apbsn": APBSNConfig(base_ch=8), "mmbsn": MMBSNConfig(base_ch=8),
+    "student": StudentConfig(base_ch=4, depth=2),
+}  # fmt: skip
 # The release's MM-BSN ('o_a45' above) and other mask strings, the "c" / "r" quirk included.
 ROUND_TRIPS = {
     **EXPORTED,
@@ -87,7 +91,8 @@ def test_round_trip_is_bit_for_bit(official_state_dict, name):
     assert set(back) == set(original)
     mask_map = registry.of_config(cfg).mask_map(cfg)
     masks = {f"bsn.{k.replace('.mask', '.weight')}": m for k, (_, m) in mask_map.items()}
-    assert len(masks) == 2 * (len(cfg.kinds()) if isinstance(cfg, MMBSNConfig) else 1)
+    blind_convs = {MMBSNConfig: 2 * len(cfg.kinds()) if isinstance(cfg, MMBSNConfig) else 0, StudentConfig: 0}
+    assert len(masks) == blind_convs.get(type(cfg), 2)
     for key, want in original.items():
         got = back[key]
         assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape, key

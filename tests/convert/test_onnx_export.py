@@ -11,6 +11,8 @@ from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
 from ambsn_jax.cli.convert import main_onnx
 from ambsn_jax.convert import onnx_export
 from ambsn_jax.inference.release import default_inference, denoise
+from ambsn_jax.nets.student import StudentConfig
+from tests.helpers import write_pth
 
 ONNX_DIFF_LINE = re.compile(r"^\s+(\w+ \d+x\d+x\d+): (\S+)$", re.MULTILINE)
 
@@ -64,3 +66,20 @@ def test_onnx_refuses_an_existing_graph(tmp_path, capsys):
     assert main_onnx([str(DEMO_CHECKPOINT), "--out", str(out)]) == 2
     assert "m_denoise.onnx: already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_denoise.onnx"]
+
+
+def test_a_student_exports_as_its_network_in_both_graphs(official_state_dict, tmp_path, capsys):
+    """The student's default inference is one pass: its "denoise" graph is the network itself."""
+    import onnxruntime as ort
+
+    src = write_pth(tmp_path / "student.pth", official_state_dict(StudentConfig(base_ch=4, depth=2)))
+    out = tmp_path / "student.onnx"
+    assert main_onnx([str(src), "--out", str(out)]) == 0
+    printed = {k: float(v) for k, v in ONNX_DIFF_LINE.findall(capsys.readouterr().out)}
+    assert len(printed) == 4 and max(printed.values()) < 1e-3
+    model = load_checkpoint(src).module()
+    x = np.random.default_rng(4).uniform(0, 255, (2, 3, 19, 9)).astype(np.float32)
+    want = np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)
+    for graph in (out, onnx_export.denoise_graph_path(out)):
+        (y,) = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        assert np.max(np.abs(y - want)) < 1e-3

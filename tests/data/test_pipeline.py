@@ -10,18 +10,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ambsn_jax.data.pipeline import augment, batch_iterator, training_batches
+from ambsn_jax.data.pipeline import augment, batch_iterator, random_crop, training_batches
 from ambsn_jax.errors import UserError
+from tests.helpers import write_images
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """Six smooth random colour images of 36 x 44 (blurred noise), as PNG files."""
     folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        image = cv2.GaussianBlur(rng.uniform(0, 255, (36, 44, 3)).astype(np.float32), (0, 0), 2)
-        cv2.imwrite(str(folder / f"img{i:02d}.png"), np.clip(image * 3 - 255, 0, 255).astype(np.uint8))
+    write_images(folder, 6)
     return folder
 
 
@@ -78,3 +76,19 @@ def test_restored_iterator_continues_the_exact_sequence(images, tmp_path, worker
     for g, w, index in zip(got, want, range(3, 7)):
         np.testing.assert_array_equal(g, w)
         np.testing.assert_array_equal(g, batches[index])
+
+
+def test_aligned_images_are_cropped_and_turned_alike(images, tmp_path):
+    """A (noisy, target) pair gives the same window of both, stacked along the channels, for
+    every augmentation; images of different sizes are refused, naming the one to delete."""
+    (noisy,) = write_images(tmp_path / "noisy", 1, size=(30, 26))
+    target = tmp_path / "target.png"
+    cv2.imwrite(str(target), cv2.imread(str(noisy)) // 2)
+    for seed in range(8):
+        crop = random_crop((str(noisy), str(target)), np.random.default_rng(seed), 12)
+        assert crop.shape == (12, 12, 6)
+        np.testing.assert_array_equal(crop[..., 3:], np.floor(crop[..., :3] / 2))
+        np.testing.assert_array_equal(crop[..., :3], random_crop(str(noisy), np.random.default_rng(seed), 12))
+    (other,) = write_images(tmp_path / "other", 1, size=(30, 28))
+    with pytest.raises(UserError, match=rf"^{other}: 28x30, but {noisy} is 26x30; delete {other}"):
+        random_crop((str(noisy), str(other)), np.random.default_rng(0), 12)

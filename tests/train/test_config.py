@@ -14,7 +14,7 @@ from tests.helpers import flat
 
 def test_configs_are_package_data():
     assert configlib.CONFIG_DIR == Path(ambsn_jax.__file__).resolve().parent / "configs"
-    assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == ["apbsn_sidd", "demo", "mmbsn_sidd", "sidd", "sidd_bench"]
+    assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == ["apbsn_sidd", "demo", "distill_demo", "distill_sidd", "mmbsn_sidd", "sidd", "sidd_bench"]
 
 
 def test_sidd_configs_hold_the_release_recipe():

@@ -18,7 +18,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import cv2
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -35,22 +34,9 @@ from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
 from ambsn_jax.train import config as configlib
 from ambsn_jax.train.loop import EVAL_FILE, METRICS_FILE, checkpoint_manager, training_meta
-from tests.helpers import ROOT, numpy_sd
+from tests.helpers import ROOT, numpy_sd, write_images
 
 STEPS = 12
-
-
-def write_images(folder: Path, count: int, size: tuple[int, int] = (36, 44), seed: int = 0) -> list[Path]:
-    """Smooth random colour images (blurred noise), as PNG files."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        image = cv2.GaussianBlur(rng.uniform(0, 255, (*size, 3)).astype(np.float32), (0, 0), 2)
-        path = folder / f"img{i:02d}.png"
-        cv2.imwrite(str(path), np.clip(image * 3 - 255, 0, 255).astype(np.uint8))
-        paths.append(path)
-    return paths
 
 
 def tiny_argv(data_dir: Path, workdir: Path, *extra: str, workers: int = 0) -> list[str]:

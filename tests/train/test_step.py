@@ -16,6 +16,7 @@ from ambsn_jax.inference.release import pd_forward
 from ambsn_jax.nets import registry
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
+from ambsn_jax.nets.student import StudentConfig
 from ambsn_jax.train import config as configlib
 from ambsn_jax.train.step import Recipe, TrainState, init_state, l1_loss, lr_schedule, optimizer, served, train_step
 
@@ -197,3 +198,28 @@ def test_bf16_training_keeps_float32_parameters_and_a_close_loss(plain):
 def test_an_unknown_precision_is_refused():
     with pytest.raises(configlib.UserError, match="train.precision 'fp8'"):
         configlib.resolve("sidd", [(["data", "dir"], "unused"), (["train", "precision"], "fp8")])
+
+
+def test_distillation_loss_and_gradients_match_the_pytorch_twin(flax_model, reference):
+    """With a teacher, the loss is L1 between the student's output on the noisy half of the
+    batch's channels and the teacher's half; its gradients are PyTorch's on the twin."""
+    cfg = StudentConfig(base_ch=4, depth=2)
+    model, twin = flax_model(cfg), reference(cfg).bsn.train()
+    rng = np.random.default_rng(2)
+    noisy, target = (rng.uniform(0, 255, (2, 12, 12, 3)).astype(np.float32) for _ in range(2))
+    recipe = Recipe(pd=1, pd_pad=0, pd_shuffle=False, accum_steps=1, precision="highest", ema_decay=None, distill=True)
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    batch = jnp.asarray(np.concatenate([noisy, target], axis=-1))
+    loss, grads = jax.value_and_grad(l1_loss)(params, graphdef, batch, recipe)
+
+    def nchw(a):
+        return torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
+
+    want = torch.nn.functional.l1_loss(twin(nchw(noisy)), nchw(target))
+    want.backward()
+    np.testing.assert_allclose(float(loss), want.item(), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(grads["head"]["kernel"]), twin.head.weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-3, atol=1e-6
+    )
+    np.testing.assert_allclose(np.asarray(grads["tail"]["bias"]), twin.tail.bias.grad.numpy(), rtol=1e-3, atol=1e-6)

@@ -1,0 +1,83 @@
+"""Distillation (ambsn_jax.train.distill and the loop's distill mode): the student trains from a
+teacher checkpoint through train.py on the teacher's default inference of the training images,
+made once (they are what `evaluate.py --input` writes) and reused by a resumed run; the result
+is a student checkpoint that evaluate.py runs in one pass."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from ambsn_jax.checkpoint.store import load_checkpoint
+from ambsn_jax.cli.train import main as train_main
+from ambsn_jax.train.loop import EVAL_FILE
+from tests.helpers import evaluate, one_error_line, run_main, write_images
+
+
+def distill_argv(data, workdir, teacher, val_dir, steps: int, *extra: str) -> list[str]:
+    return [
+        "--config", "distill_demo", "--data-dir", str(data), "--workdir", str(workdir), "--max-steps", str(steps),
+        "--save-every", "3", "--set", f"distill.teacher={teacher}", f"val.dir={val_dir}", "model.base_ch=4",
+        "data.crop=16", "data.workers=0", "train.batch_size=2", "train.steps_per_epoch=3", "log.every=1",
+        "val.blocks_per_image=null", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill_data")
+    write_images(folder, 3, size=(24, 28))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(data, ckpt, val_dir, tmp_path_factory):
+    """A 6-step distillation of the scaled test AM-BSN (C = 8) into a C = 4 student."""
+    workdir = tmp_path_factory.mktemp("distill") / "run"
+    assert train_main(distill_argv(data, workdir, ckpt, val_dir, 6)) == 0
+    return workdir
+
+
+def test_the_targets_are_the_teachers_evaluate_outputs(run, data, ckpt, tmp_path, capsys):
+    code, _, err = evaluate(["--ckpt", ckpt, "--input", data, "--output", tmp_path / "out"], capsys)
+    assert code == 0, err
+    made = sorted((run / "teacher").glob("*.png"))
+    assert [p.name for p in made] == sorted(p.name for p in (tmp_path / "out").glob("*.png")) and len(made) == 3
+    for target in made:
+        np.testing.assert_array_equal(cv2.imread(str(target)), cv2.imread(str(tmp_path / "out" / target.name)))
+
+
+def test_the_run_is_a_student_evaluated_in_one_pass(run, ckpt):
+    checkpoint = load_checkpoint(run)
+    meta = checkpoint.meta
+    assert (meta.arch, meta.config["base_ch"], meta.config["depth"]) == ("student", 4, 2)
+    assert (meta.train_pd, meta.train_pd_pad) == (1, 0)
+    assert meta.source == f"config distill_demo, distilled from {ckpt}"
+    report = json.loads((run / EVAL_FILE).read_text())
+    assert report["options"] | {"pd_b": 1, "R3": False, "tta": False} == report["options"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [line["loss"] for line in lines if "loss" in line]
+    assert len(losses) == 6 and np.all(np.isfinite(losses)) and losses[0] > 0
+
+
+def test_a_resumed_run_reuses_the_targets(run, data, ckpt, val_dir):
+    made = {p: p.stat().st_mtime_ns for p in (run / "teacher").glob("*.png")}
+    assert train_main(distill_argv(data, run, ckpt, val_dir, 9)) == 0
+    assert {p: p.stat().st_mtime_ns for p in (run / "teacher").glob("*.png")} == made
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == list(range(1, 10))
+
+
+def test_evaluate_runs_the_student_on_folders(run, data, tmp_path, capsys):
+    code, out, err = evaluate(["--ckpt", run, "--input", data, "--output", tmp_path / "out", "--self-ensemble"], capsys)
+    assert code == 0, err
+    assert "student U-Net, C=4" in err and "wrote 3 of 3 images" in out
+
+
+def test_a_student_is_no_teacher(run, data, val_dir, tmp_path, capsys):
+    code, _, err = run_main(train_main, distill_argv(data, tmp_path / "w", run, val_dir, 3), capsys)
+    assert code == 2
+    assert "the teacher must be AM-BSN, AP-BSN or MM-BSN" in one_error_line(err)
