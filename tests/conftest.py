@@ -173,3 +173,15 @@ def pth(tmp_path_factory, scaled_state_dict) -> Path:
     path = tmp_path_factory.mktemp("pth") / "release.pth"
     torch.save({"epoch": 1, "model_weight": {"denoiser": scaled_state_dict}}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def student_ckpt(tmp_path_factory, official_state_dict) -> Path:
+    """A random student (C = 4, depth 2) as an Orbax checkpoint; its PyTorch twin's init, so
+    that the tail is not the zeros that make an untrained student return its input."""
+    from ambsn_jax.nets.student import StudentConfig
+
+    params, cfg = torch_port.params_from_state_dict(helpers.numpy_sd(official_state_dict(StudentConfig(base_ch=4, depth=2))))
+    path = tmp_path_factory.mktemp("student") / "orbax"
+    save_params(path, params, CheckpointMeta.for_release("student", cfg, source="random test student"))
+    return path

@@ -98,6 +98,18 @@ def test_denoise_gives_the_pixels_the_command_line_writes(dtype, tmp_path, capsy
     assert not np.array_equal(got, ambsn_jax.denoise(rgb, seed=4))  # R3's draws follow the seed
 
 
+def test_a_student_denoises_in_one_pass_of_its_network(student_ckpt):
+    from ambsn_jax.checkpoint.store import load_checkpoint
+    from ambsn_jax.inference.release import postprocess
+
+    rgb = _rgb(np.uint8, seed=5)
+    got = ambsn_jax.denoise(rgb, student_ckpt, seed=1)
+    want = postprocess(load_checkpoint(student_ckpt).module()(rgb[None].astype(np.float32)))[0]
+    assert got.dtype == np.uint8 and got.shape == rgb.shape
+    np.testing.assert_array_equal(got, np.asarray(want).astype(np.uint8))
+    np.testing.assert_array_equal(got, ambsn_jax.denoise(rgb, student_ckpt, seed=2))  # nothing random in it
+
+
 def test_loaded_denoiser_compiles_once_per_shape(denoiser):
     rgb = _rgb(np.uint8, seed=5)
     first = denoiser(rgb, seed=1)

@@ -43,6 +43,8 @@ WORKDIR_CHECKPOINTS = "checkpoints"
 BEST_METRIC = "psnr"
 # The shipped demo weights (package data), the default wherever a checkpoint may be left out.
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo_ckpt"
+# The shipped demo student, distilled from DEMO_CHECKPOINT (`--config distill_demo`).
+DEMO_STUDENT = DEMO_CHECKPOINT.with_name("demo_student")
 
 
 @dataclasses.dataclass(frozen=True)

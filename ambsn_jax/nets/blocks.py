@@ -53,15 +53,17 @@ def conv(
     rngs: nnx.Rngs,
     dilation: int = 1,
     mask: str | None = None,
+    init: nnx.Initializer | None = None,
 ) -> nnx.Conv:
     """A biased, zero-padded, stride-1 'same' conv as every conv of the release.
 
     With `mask`, the blind-spot pattern is multiplied into the kernel inside every forward
     pass (the release does it in place on the weight), so blind taps never contribute and
-    their gradients are zero whatever the stored kernel holds.
+    their gradients are zero whatever the stored kernel holds. `init`: the kernel's initializer
+    (biases then start at zero); default: PyTorch's, as the releases train from.
     """
-    init = _torch_default_init(cin * k * k)
     conv_fn = conv_general_dilated if mask is None else _masked_conv_fn(mask, k)
+    default = _torch_default_init(cin * k * k)
     return nnx.Conv(
         cin,
         cout,
@@ -69,8 +71,8 @@ def conv(
         padding=dilation * (k // 2),
         kernel_dilation=dilation,
         conv_general_dilated=conv_fn,
-        kernel_init=init,
-        bias_init=init,
+        kernel_init=init or default,
+        bias_init=nnx.initializers.zeros_init() if init else default,
         rngs=rngs,
     )
 

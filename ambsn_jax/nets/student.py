@@ -45,8 +45,18 @@ class StudentConfig:
         return dataclasses.asdict(self)
 
 
+# He initialisation: a plain ReLU stack has no residual path to carry the signal, and PyTorch's
+# default (a third of He's variance) shrinks it ~0.4x a layer, which left a depth-3 student's
+# coarse levels silent and its validation PSNR flat in the first measured run.
+_HE = nnx.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+
+
+def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs) -> nnx.Conv:
+    return conv(cin, cout, k, init=_HE, rngs=rngs)
+
+
 def _stack(cin: int, cout: int, blocks: int, rngs: nnx.Rngs) -> nnx.List:
-    return nnx.List([conv(cin if j == 0 else cout, cout, 3, rngs=rngs) for j in range(blocks)])
+    return nnx.List([_conv(cin if j == 0 else cout, cout, 3, rngs) for j in range(blocks)])
 
 
 def _run(stack: nnx.List, x: jax.Array) -> jax.Array:
@@ -79,13 +89,11 @@ class Student(nnx.Module):
     def __init__(self, config: StudentConfig = StudentConfig(), *, rngs: nnx.Rngs):
         self.config = config
         w, b = config.widths(), config.blocks
-        self.head = conv(config.in_ch, w[0], 3, rngs=rngs)
+        self.head = _conv(config.in_ch, w[0], 3, rngs)
         self.enc = nnx.List([_stack(w[max(i - 1, 0)], w[i], b, rngs) for i in range(config.depth + 1)])
-        self.up = nnx.List([conv(w[i + 1], w[i], rngs=rngs) for i in range(config.depth)])
+        self.up = nnx.List([_conv(w[i + 1], w[i], 1, rngs) for i in range(config.depth)])
         self.dec = nnx.List([_stack(w[i], w[i], b, rngs) for i in range(config.depth)])
-        self.tail = conv(w[0], config.out_ch, 3, rngs=rngs)
-        self.tail.kernel.set_value(jnp.zeros_like(self.tail.kernel.get_value()))
-        self.tail.bias.set_value(jnp.zeros_like(self.tail.bias.get_value()))
+        self.tail = conv(w[0], config.out_ch, 3, init=nnx.initializers.zeros_init(), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h, w = x.shape[1:3]

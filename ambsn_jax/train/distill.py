@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 
 from ambsn_jax import mesh as meshlib
-from ambsn_jax.checkpoint.store import load_checkpoint
+from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.common import checkpoint_record
 from ambsn_jax.evaluation.folder import denoise_files, output_paths
@@ -28,6 +28,11 @@ from ambsn_jax.inference.release import default_inference
 from ambsn_jax.ops.windows import Tiling
 
 TARGETS_DIR = "teacher"  # in the workdir, unless distill.targets_dir says otherwise
+
+
+def teacher_path(teacher: str) -> str:
+    """The checkpoint `distill.teacher` names: "demo" is the shipped demo weights."""
+    return str(DEMO_CHECKPOINT) if teacher == "demo" else teacher
 
 
 def teacher_targets(
@@ -40,7 +45,7 @@ def teacher_targets(
     saved images are. Raises UserError if the teacher is not a blind-spot network or an image
     fails.
     """
-    checkpoint = load_checkpoint(teacher)
+    checkpoint = load_checkpoint(teacher_path(teacher))
     record = checkpoint.meta.architecture
     if not record.blind_spot:
         raise UserError(f"distill.teacher {teacher}: a {record.display_name}; the teacher must be AM-BSN, AP-BSN or MM-BSN")

@@ -91,9 +91,15 @@ def assert_same_results(got: Path, want: Path, devices: int, processes: int) -> 
 
 
 @pytest.mark.slow
-def test_four_devices_evaluate_like_one(val_dir, bench_dir, images, ckpt, one_device, tmp_path):
-    run_in_subprocesses(argvs(val_dir, bench_dir, images, ckpt, tmp_path), 1, 4, tmp_path)
+def test_four_devices_evaluate_like_one(val_dir, bench_dir, images, ckpt, student_ckpt, one_device, tmp_path):
+    """The release's inference of the blind-spot network, and the student's single pass."""
+    student = tmp_path / "student"
+    for argv in argvs(val_dir, bench_dir, images, student_ckpt, student / "one"):
+        assert evaluate.main(argv) == 0
+    all_argv = argvs(val_dir, bench_dir, images, ckpt, tmp_path) + argvs(val_dir, bench_dir, images, student_ckpt, student)
+    run_in_subprocesses(all_argv, 1, 4, tmp_path)
     assert_same_results(tmp_path, one_device, devices=4, processes=1)
+    assert_same_results(student, student / "one", devices=4, processes=1)
 
 
 @pytest.mark.slow

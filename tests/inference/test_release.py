@@ -21,6 +21,7 @@ from ambsn_jax.nets.ambsn import AMBSNConfig
 from ambsn_jax.ops.precision import default_precision
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
+from ambsn_jax.nets.student import StudentConfig
 from tests.helpers import RELEASE, image
 
 CONFIGS = {"ambsn": AMBSNConfig(base_ch=8), "apbsn": APBSNConfig(base_ch=8), "mmbsn": MMBSNConfig(base_ch=8)}
@@ -99,6 +100,17 @@ def test_default_inference_follows_the_architecture_and_the_training_pd(arch):
     assert (cfg.pd_a, cfg.pd_pad, cfg.tta) == (4, 1, arch == "ambsn")
     assert (cfg.r3, cfg.self_ensemble, cfg.precision) == (False, True, "bf16")
     assert not default_inference(trained, tta=False).tta
+
+
+def test_a_students_default_inference_is_one_pass_of_the_network(rng):
+    """No PD, no fusion, no R3, even when asked for; self-ensemble still applies."""
+    meta = CheckpointMeta.for_release("student", StudentConfig(base_ch=4, depth=1), source="test")
+    cfg = default_inference(meta, tta=True, r3=True)
+    assert (cfg.pd_a, cfg.pd_b, cfg.pd_pad, cfg.tta, cfg.r3) == (1, 1, 0, False, False)
+    assert default_inference(meta, self_ensemble=True).self_ensemble
+    net = lambda v: v * 2.0 + 1.0  # noqa: E731 - any function: the network alone is applied
+    x = jnp.asarray(image(rng, 1, 7, 5))
+    np.testing.assert_array_equal(np.asarray(denoise(net, x, jax.random.key(0), cfg)), np.asarray(net(x)))
 
 
 def test_inference_config_needs_the_training_pd_and_reports_the_release_names():

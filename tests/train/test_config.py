@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,25 @@ def test_overrides_are_yaml_typed_and_checked():
 def test_check_values_is_what_resolve_applies():
     cfg = configlib.resolve("sidd", [(["data", "dir"], "x"), (["train", "pd"], 4), (["data", "crop"], 120)])
     assert configlib.check_values(cfg) is cfg and cfg.train.pd == 4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([("distill.teacher", None)], "the student U-Net learns from a teacher: --set distill.teacher=CKPT"),
+        ([("model.arch", "ambsn"), ("model.depth", None), ("distill.teacher", "t")],
+         "distill.teacher is set, but model.arch ambsn is a blind-spot network"),
+        ([("model.arch", "ambsn")], "model.depth is the student's; AM-BSN has none"),
+        ([("distill.teacher", "t"), ("train.pd", 5)], "the student U-Net sees whole images: train.pd must be 1 and train.pd_pad 0, not 5 and 0"),
+        ([("distill.teacher", "t"), ("model.depth", -1)], "student U-Net config {'base_ch': 16, 'depth': -1}: depth must not be negative"),
+    ],
+)  # fmt: skip
+def test_distillation_configs_are_checked(overrides, message):
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        configlib.resolve("distill_demo", [(key.split("."), value) for key, value in overrides])
+
+
+def test_distill_configs_train_the_student_at_full_resolution():
+    cfg = configlib.resolve("distill_sidd", [(["data", "dir"], "x"), (["distill", "teacher"], "t")])
+    assert (cfg.model.arch, cfg.model.base_ch, cfg.model.depth, cfg.train.pd, cfg.train.pd_pad) == ("student", 32, 3, 1, 0)
+    assert (cfg.train.batch_size, cfg.data.crop, cfg.train.epochs) == (8, 120, 30)  # the release's crops and schedule
