@@ -87,3 +87,9 @@ def test_distill_configs_train_the_student_at_full_resolution():
     cfg = configlib.resolve("distill_sidd", [(["data", "dir"], "x"), (["distill", "teacher"], "t")])
     assert (cfg.model.arch, cfg.model.base_ch, cfg.model.depth, cfg.train.pd, cfg.train.pd_pad) == ("student", 32, 3, 1, 0)
     assert (cfg.train.batch_size, cfg.data.crop, cfg.train.epochs) == (8, 120, 30)  # the release's crops and schedule
+
+
+def test_distill_demo_is_the_shipped_students_recipe():
+    cfg = configlib.resolve("distill_demo")
+    assert (cfg.distill.teacher, cfg.model.depth, cfg.data.crop, cfg.train.batch_size) == ("demo", 3, 96, 8)
+    assert cfg.train.epochs * cfg.train.steps_per_epoch == 1500
