@@ -123,7 +123,7 @@ def train_program(arch: str, cfg: Config, width: int, mesh: Mesh | None = None) 
     tx = optimizer(cfg.optim, schedule)
     recipe = Recipe.of(cfg)
     state = jax.eval_shape(partial(init_state, partial(registry.build, arch, config), tx, 0, recipe))
-    batch = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.crop, cfg.data.crop, 3), jnp.float32)
+    batch = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.crop, cfg.data.crop, recipe.batch_channels), jnp.float32)
     step = partial(train_step, registry.graphdef(arch, config), tx, schedule, recipe)
     if mesh is None:
         return jax.jit(step), (state, batch)

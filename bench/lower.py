@@ -45,14 +45,16 @@ BLOCK = 256
 
 def programs(arch: str, width: int) -> list[tuple[str, Callable, tuple]]:
     """(label, jitted fn, abstract args) of the architecture's inference and training step."""
-    cfg = configlib.resolve(
-        registry.get(arch).release_config, [(["model", "base_ch"], width), (["data", "dir"], "unused: lowering only")]
-    )
+    record = registry.get(arch)
+    overrides = [(["model", "base_ch"], width), (["data", "dir"], "unused: lowering only")]
+    if not record.blind_spot:
+        overrides.append((["distill", "teacher"], "unused: lowering only"))
+    cfg = configlib.resolve(record.release_config, overrides)
     config = registry.network_config(arch, {"base_ch": width})
     meta = CheckpointMeta.for_network(
         arch, config, train_pd=cfg.train.pd, train_pd_pad=cfg.train.pd_pad, source="bench/lower.py"
     )
-    infer = "TTA+R3" if default_inference(meta).tta else "R3"
+    infer = ("TTA+R3" if default_inference(meta).tta else "R3") if record.blind_spot else "one pass"
     n, s = cfg.train.batch_size, cfg.data.crop
     return [
         (f"infer {infer} 1x{BLOCK}x{BLOCK}", *inference_program(arch, config, meta, side=BLOCK)),

@@ -173,6 +173,23 @@ def test_the_train_step_exports_for_gpu_and_tpu_without_the_cpu_kernel_gradient(
     }  # fmt: skip
 
 
+def test_the_student_and_its_distillation_step_export_for_gpu_and_tpu():
+    """The student's one pass (no R3 loop) and its training step on 6-channel batches (noisy
+    crops and the teacher's), for cuda and tpu, with nothing CPU-only in them."""
+    config = registry.network_config("student", {"base_ch": 4, "depth": 2})
+    meta = CheckpointMeta.for_release("student", config, source="test")
+    fn, args = inference_program("student", config, meta, side=BLOCK)
+    facts = assert_portable(export_for(fn, args, ("cuda", "tpu")))
+    assert facts["while"] == 0 and facts["custom_calls"] == Counter()
+    cfg = configlib.resolve(
+        "distill_demo", [(["model", "base_ch"], 4), (["data", "crop"], CROP), (["train", "batch_size"], BATCH)]
+    )
+    fn, args = train_program("student", cfg, 4)
+    assert args[1].shape == (BATCH, CROP, CROP, 6)
+    facts = assert_portable(export_for(fn, args, ("cuda", "tpu")))
+    assert facts["custom_calls"] == Counter() and facts["while"] == 0
+
+
 def test_the_gate_refuses_cpu_only_constructs():
     """Each CPU-only construct fails here, so the exports above passing means none is inside."""
     x = jax.ShapeDtypeStruct((3, 3), jnp.float32)

@@ -36,6 +36,11 @@ class Recipe:
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
     distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
 
+    @property
+    def batch_channels(self) -> int:
+        """Channels of a batch: the noisy crops' RGB, then the teacher's when distilling."""
+        return 6 if self.distill else 3
+
     @classmethod
     def of(cls, cfg: Config) -> Recipe:
         t = cfg.train

@@ -13,6 +13,7 @@ import pytest
 
 from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.cli.train import main as train_main
+from ambsn_jax.train import distill
 from ambsn_jax.train.loop import EVAL_FILE
 from tests.helpers import evaluate, one_error_line, run_main, write_images
 
@@ -20,7 +21,7 @@ from tests.helpers import evaluate, one_error_line, run_main, write_images
 def distill_argv(data, workdir, teacher, val_dir, steps: int, *extra: str) -> list[str]:
     return [
         "--config", "distill_demo", "--data-dir", str(data), "--workdir", str(workdir), "--max-steps", str(steps),
-        "--save-every", "3", "--set", f"distill.teacher={teacher}", f"val.dir={val_dir}", "model.base_ch=4",
+        "--save-every", "3", "--set", f"distill.teacher={teacher}", f"val.dir={val_dir}", "model.base_ch=4", "model.depth=2",
         "data.crop=16", "data.workers=0", "train.batch_size=2", "train.steps_per_epoch=3", "log.every=1",
         "val.blocks_per_image=null", *extra,
     ]  # fmt: skip
@@ -81,3 +82,13 @@ def test_a_student_is_no_teacher(run, data, val_dir, tmp_path, capsys):
     code, _, err = run_main(train_main, distill_argv(data, tmp_path / "w", run, val_dir, 3), capsys)
     assert code == 2
     assert "the teacher must be AM-BSN, AP-BSN or MM-BSN" in one_error_line(err)
+
+
+def test_a_release_pth_teaches_as_its_converted_checkpoint(run, data, pth, tmp_path):
+    """`distill.teacher` takes a release .pth: the fixture's .pth holds the same network as the
+    Orbax checkpoint the run learnt from, so its targets are the run's, bit for bit."""
+    images = sorted(data.glob("*.png"))
+    pairs = distill.teacher_targets(str(pth), images, tmp_path / "targets", seed=0, precision="highest")
+    assert [source for source, _ in pairs] == images
+    for _, target in pairs:
+        np.testing.assert_array_equal(cv2.imread(str(target)), cv2.imread(str(run / "teacher" / target.name)))
