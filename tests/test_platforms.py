@@ -245,7 +245,7 @@ def test_the_sharded_programs_export_over_four_devices():
     the batch split, the rest replicated, the same ops as on one device, and no collective in
     the StableHLO: the sharding travels as Shardy annotations (`sdy.sharding`), and XLA's
     partitioner inserts the gradient all-reduce when the module is compiled for the devices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", _SHARDED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300

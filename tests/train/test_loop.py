@@ -122,7 +122,10 @@ def test_two_processes_train_like_one(images, uninterrupted, tmp_path):
     assert "2 devices" in logs[0].read_text()
     got = losses(workdir)
     assert sorted(got) == sorted(uninterrupted)
-    np.testing.assert_allclose([got[s] for s in sorted(got)], [uninterrupted[s] for s in sorted(got)], rtol=1e-5)
+    # Float32 round-off only: the gradients are summed over the two devices in another order, and
+    # 12 Adam steps at lr 1e-2 carry that to ~1e-5 (measured 1.3e-5 at XLA's optimisation level 0).
+    # Another split of the data, or a lost half-batch, moves the losses by percents.
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [uninterrupted[s] for s in sorted(got)], rtol=5e-5)
 
 
 def test_kill_and_resume_equals_uninterrupted(images, uninterrupted, tmp_path, capsys):
@@ -287,7 +290,7 @@ print(json.dumps({"devices": denoiser.devices, **scores, "rows": [r.tolist() for
 def test_validation_inside_training_scores_alike_on_four_devices(ckpt, val_dir):
     """The scores training records (its blocks split over the training mesh) equal one device's."""
     script = _VALIDATION.replace("sys.argv[1]", repr(str(ckpt))).replace("sys.argv[2]", repr(str(val_dir)))
-    proc = run_script(script, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    proc = run_script(script, {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     four = json.loads(proc.stdout.strip().splitlines()[-1])
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # this process: one device

@@ -178,7 +178,7 @@ def test_the_moving_average_follows_the_parameters_and_is_served(plain):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # After two steps from p0: ema = d^2 p0 + d (1 - d) p1 + (1 - d) p2, p1 unknown here, so
     # check the bounds instead: the average lies between the initial and the final weights.
-    init = nnx.to_pure_dict(nnx.state(registry.build("ambsn", {"base_ch": 8}, 0), nnx.Param))
+    init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(registry.build("ambsn", {"base_ch": 8}, 0), nnx.Param)))()
     for avg, new, old in zip(*(jax.tree.leaves(t) for t in (state.ema, state.params, init))):
         avg, new, old = map(np.asarray, (avg, new, old))
         lo, hi = np.minimum(new, old) - 1e-3, np.maximum(new, old) + 1e-3
