@@ -185,15 +185,9 @@ def _tiling(args: argparse.Namespace) -> Tiling:
 
 
 def _resume_options(args: argparse.Namespace, checkpoint: Any, **extra: Any) -> dict[str, Any]:
-    """What an output of this run depends on: the weights (their digest), the inference options
-    and the evaluation's own switches."""
-    from ambsn_jax.evaluation.common import checkpoint_record
+    from ambsn_jax.evaluation.folder import resume_options
 
-    return {
-        "checkpoint_sha256": checkpoint_record(checkpoint)["sha256"],
-        **_inference_config(args, checkpoint).release_options(),
-        "seed": args.seed, "batch": args.batch, "tile": args.tile, "overlap": args.overlap, **extra,
-    }  # fmt: skip
+    return resume_options(checkpoint, _inference_config(args, checkpoint), args.seed, _tiling(args), **extra)
 
 
 def _score_validation_set(args: argparse.Namespace, root: Path | None) -> int:

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from ambsn_jax import mesh as meshlib
+from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.data.images import read_image, write_image
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.evaluation.common import checkpoint_record, item_keys
 from ambsn_jax.evaluation.resume import Resume, fingerprint
 from ambsn_jax.inference.denoiser import BoundDenoiser
+from ambsn_jax.inference.release import InferenceConfig
 from ambsn_jax.inference.tiling import Tiling, denoise_image
+
+
+def resume_options(checkpoint: Checkpoint, cfg: InferenceConfig, seed: int, tiling: Tiling, **extra: Any) -> dict[str, Any]:
+    """What an output of an evaluation depends on, as its resume manifest records it: the
+    weights (their digest), the inference options, the seed, the tiling, and `extra`."""
+    return {
+        "checkpoint_sha256": checkpoint_record(checkpoint)["sha256"], **cfg.release_options(),
+        "seed": seed, "batch": tiling.batch, "tile": tiling.tile, "overlap": tiling.overlap, **extra,
+    }  # fmt: skip
 
 
 def output_paths(inputs: list[Path], out_dir: str | Path) -> dict[Path, Path]:

@@ -20,8 +20,7 @@ import jax
 from ambsn_jax import mesh as meshlib
 from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import checkpoint_record
-from ambsn_jax.evaluation.folder import denoise_files, output_paths
+from ambsn_jax.evaluation.folder import denoise_files, output_paths, resume_options
 from ambsn_jax.evaluation.resume import Resume
 from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import default_inference
@@ -54,11 +53,8 @@ def teacher_targets(
     denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, inference, meshlib.local_mesh())
     outputs = output_paths(images, targets_dir)
     targets_dir.mkdir(parents=True, exist_ok=True)
-    options = {
-        "checkpoint_sha256": checkpoint_record(checkpoint)["sha256"], **inference.release_options(), "seed": seed,
-        "tile": tiling.tile, "overlap": tiling.overlap, "batch": tiling.batch,
-    }  # fmt: skip
-    resume = Resume(targets_dir, options, overwrite=False)
+    # evaluate.py's own record: targets it wrote for this teacher and seed are taken as they are.
+    resume = Resume(targets_dir, resume_options(checkpoint, inference, seed, tiling), overwrite=False)
     if jax.process_index() == 0:
         print(
             f"teacher {checkpoint.path} ({record.display_name}, C={checkpoint.meta.config.get('base_ch')}): "
@@ -69,9 +65,9 @@ def teacher_targets(
         failures = denoise_files(denoiser.bind(checkpoint.params), outputs, seed, tiling, resume)
     finally:
         resume.close()
-    # A collective: past it, every process's share is on disk, ready for every reader.
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
+    # A collective: past it, every process's share is on disk, ready for every reader.
     failed = meshlib.total(len(failures))
     if failed:
         raise UserError(f"the teacher could not denoise {failed} of the {len(images)} training images (listed above)")

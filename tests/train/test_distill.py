@@ -49,6 +49,10 @@ def test_the_targets_are_the_teachers_evaluate_outputs(run, data, ckpt, tmp_path
     assert [p.name for p in made] == sorted(p.name for p in (tmp_path / "out").glob("*.png")) and len(made) == 3
     for target in made:
         np.testing.assert_array_equal(cv2.imread(str(target)), cv2.imread(str(tmp_path / "out" / target.name)))
+    # The same record too: a folder evaluate.py wrote for this teacher is taken as the targets.
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.png")}
+    distill.teacher_targets(str(ckpt), sorted(data.glob("*.png")), tmp_path / "out", seed=0, precision="highest")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.png")} == written
 
 
 def test_the_run_is_a_student_evaluated_in_one_pass(run, ckpt):
