@@ -122,7 +122,8 @@ def onnx_max_abs_diffs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Pat
 
     cfg = pd_inference(checkpoint.meta)
     model = checkpoint.module()
-    jax_fns = {"bsn": model, "denoise": lambda x: denoise(model, x, None, cfg)}
+    # Jitted: run eagerly, each of the network's ops would be compiled on its own, for every shape.
+    jax_fns = {"bsn": jax.jit(lambda x: model(x)), "denoise": jax.jit(lambda x: denoise(model, x, None, cfg))}
     sessions = {
         name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for name, path in (("bsn", bsn_path), ("denoise", denoise_path))
