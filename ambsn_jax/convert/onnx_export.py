@@ -53,13 +53,14 @@ def pd_inference(meta: Any) -> InferenceConfig:
     return default_inference(meta, r3=False)
 
 
-def reference_for_export(params: Any, config: Any) -> "torch.nn.Module":
-    """The release's Denoiser holding the exported weights, ready for `torch.export`."""
+def reference_for_export(params: Any, config: Any, pd_pad: int = 2) -> "torch.nn.Module":
+    """The release's Denoiser holding the exported weights, ready for `torch.export`, padding
+    its PD sub-images by `pd_pad` (the checkpoint's; the release's 2, a student's 0)."""
     import torch
 
     from ambsn_jax.convert.reference import MaskedConv2d, ReleaseDenoiser
 
-    ref = ReleaseDenoiser(bsn=registry.of_config(config).reference(config))
+    ref = ReleaseDenoiser(bsn=registry.of_config(config).reference(config), pd_pad=pd_pad)
     state = {k: torch.from_numpy(v) for k, v in params_to_state_dict(params, config).items()}
     ref.load_state_dict(state, strict=True)
     for module in ref.modules():
@@ -74,8 +75,6 @@ def reference_for_export(params: Any, config: Any) -> "torch.nn.Module":
 def _pd_module(ref: "torch.nn.Module", cfg: InferenceConfig) -> "torch.nn.Module":
     """`inference.denoise` with R3 off, from the release's own PD forward and padding."""
     import torch
-
-    ref.pd_pad = cfg.pd_pad  # the checkpoint's (the wrapper defaults to the release's 2; a student has 0)
 
     class PDInference(torch.nn.Module):
         def __init__(self):
@@ -111,9 +110,10 @@ def export_graph(module: "torch.nn.Module", path: Path) -> None:
 
 def export_graphs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Path) -> None:
     """Write the network graph and the PD-inference graph of `checkpoint` (no verification)."""
-    ref = reference_for_export(checkpoint.params, checkpoint.meta.network_config())
+    cfg = pd_inference(checkpoint.meta)
+    ref = reference_for_export(checkpoint.params, checkpoint.meta.network_config(), cfg.pd_pad)
     export_graph(ref.bsn, bsn_path)
-    export_graph(_pd_module(ref, pd_inference(checkpoint.meta)), denoise_path)
+    export_graph(_pd_module(ref, cfg), denoise_path)
 
 
 def onnx_max_abs_diffs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Path) -> dict[str, float]:

@@ -38,10 +38,9 @@ def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return crop
 
 
-def _read_aligned(source: str | tuple[str, ...]) -> np.ndarray:
-    """The image at `source`, or the images of a tuple of paths (a noisy image and its
-    teacher's target) stacked along the channels, which must then be of one size."""
-    paths = (source,) if isinstance(source, str) else source
+def _read_aligned(paths: tuple[str, ...]) -> np.ndarray:
+    """The images at `paths` (a noisy image, and its teacher's target when distilling) stacked
+    along the channels; they must be of one size."""
     images = [read_image(p)[0] for p in paths]
     for path, image in zip(paths[1:], images[1:]):
         if image.shape[:2] != images[0].shape[:2]:
@@ -52,11 +51,11 @@ def _read_aligned(source: str | tuple[str, ...]) -> np.ndarray:
     return images[0] if len(images) == 1 else np.concatenate(images, axis=-1)
 
 
-def random_crop(source: str | tuple[str, ...], rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random augmented `size` x `size` window of the image at `source`: float32 RGB
-    0..255; of a tuple of aligned images, the same window of each, stacked along the channels."""
-    image = _read_aligned(source)
-    path = source if isinstance(source, str) else source[0]
+def random_crop(paths: tuple[str, ...], rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random augmented `size` x `size` window of the image at `paths[0]`: float32 RGB
+    0..255; with more aligned images, the same window of each, stacked along the channels."""
+    image = _read_aligned(paths)
+    path = paths[0]
     height, width = image.shape[:2]
     if height < size or width < size:
         raise UserError(
@@ -91,7 +90,7 @@ def training_batches(
         raise UserError(f"batch size {global_batch} does not divide by the {process_count} hosts")
     local_batch = global_batch // process_count
     samples = (
-        grain.MapDataset.source([str(p) if isinstance(p, (str, Path)) else tuple(map(str, p)) for p in paths])
+        grain.MapDataset.source([tuple(map(str, (p,) if isinstance(p, (str, Path)) else p)) for p in paths])
         .seed(seed)
         .shuffle()
         .repeat()  # each epoch reshuffled: the shuffle sees the index across epochs

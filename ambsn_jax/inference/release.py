@@ -54,11 +54,11 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
     The precision defaults to the platform's (`ops.precision.default_precision`).
     """
-    blind = meta.architecture.blind_spot
     release = InferenceConfig(
-        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, pd_b=2 if blind else 1, tta=meta.architecture.release_tta,
-        r3=blind, precision=default_precision(),
-    )  # fmt: skip
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta, precision=default_precision()
+    )
+    if not meta.architecture.blind_spot:
+        release = dataclasses.replace(release, pd_b=1, r3=False)
     cfg = dataclasses.replace(release, **switches)
     return dataclasses.replace(cfg, tta=cfg.tta and release.tta, r3=cfg.r3 and release.r3)
 

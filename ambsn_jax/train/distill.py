@@ -2,8 +2,8 @@
 computed once before training and kept on disk (docs/student.md).
 
 Once, not per step: the teacher's default inference runs its network ten times per pixel,
-and a run reads each training pixel many times over (the demo: 2.8 times, SIDD's recipe:
-tens of times), so the cache costs less from the first epoch on; whole images also give the
+and a run reads each training pixel more than once (the demo's run 13 times, SIDD's recipe
+about 1.6 times: docs/student.md), so the cache costs less; whole images also give the
 teacher all the context a training crop would cut off. It is `evaluate.py --input` of the
 teacher onto `distill.targets_dir`, so it resumes the same way (a killed run redoes only the
 missing targets, another teacher or other options redo all) and splits the images over the

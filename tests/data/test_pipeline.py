@@ -88,7 +88,7 @@ def test_aligned_images_are_cropped_and_turned_alike(images, tmp_path):
         crop = random_crop((str(noisy), str(target)), np.random.default_rng(seed), 12)
         assert crop.shape == (12, 12, 6)
         np.testing.assert_array_equal(crop[..., 3:], np.floor(crop[..., :3] / 2))
-        np.testing.assert_array_equal(crop[..., :3], random_crop(str(noisy), np.random.default_rng(seed), 12))
+        np.testing.assert_array_equal(crop[..., :3], random_crop((str(noisy),), np.random.default_rng(seed), 12))
     (other,) = write_images(tmp_path / "other", 1, size=(30, 28))
     with pytest.raises(UserError, match=rf"^{other}: 28x30, but {noisy} is 26x30; delete {other}"):
         random_crop((str(noisy), str(other)), np.random.default_rng(0), 12)
