@@ -16,6 +16,7 @@ from ambsn_jax.convert import keymap as km
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import DCB1, DCB2, Tail, conv
+from ambsn_jax.ops.relu import relu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,6 @@ class AMBSN(nnx.Module):
         self.tail = Tail(4 * c, c, config.out_ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        relu = jax.nn.relu
         h = relu(self.head(x))
         local_fm, local_cat = self.branch_local(h)
         global_fm, global_cat = self.branch_global(h)

@@ -15,6 +15,7 @@ from flax import nnx
 from ambsn_jax.convert import keymap as km
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import DCB2, Tail, conv
+from ambsn_jax.ops.relu import relu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,6 @@ class DBSNBranch(nnx.Module):
         self.body = DCB2(ch, dilation, num_dcl, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        relu = jax.nn.relu
         return self.body(relu(self.head2(relu(self.head1(relu(self.masked(x)))))))
 
 
@@ -61,7 +61,7 @@ class APBSN(nnx.Module):
         self.tail = Tail(2 * c, c, config.out_ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.relu(self.head(x))
+        h = relu(self.head(x))
         return self.tail(jnp.concatenate([self.branch1(h), self.branch2(h)], axis=-1))
 
 

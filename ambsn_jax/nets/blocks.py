@@ -14,6 +14,7 @@ from flax import nnx
 
 from ambsn_jax.nets.masks import blind_spot_mask
 from ambsn_jax.ops.conv import conv_general_dilated
+from ambsn_jax.ops.relu import relu
 
 
 def _torch_default_init(fan_in: int) -> nnx.Initializer:
@@ -88,7 +89,7 @@ class DCl(nnx.Module):
         self.pointwise = conv(ch, ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x + self.pointwise(jax.nn.relu(self.dilated(x)))
+        return x + self.pointwise(relu(self.dilated(x)))
 
 
 class DCB1(nnx.Module):
@@ -110,7 +111,6 @@ class DCB1(nnx.Module):
         self.conv1_3 = conv(2 * ch, ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        relu = jax.nn.relu
         y0 = relu(self.head2(relu(self.head1(relu(self.masked(x))))))
         fm = relu(self.conv1_1(y0))
         y = fm
@@ -131,7 +131,7 @@ class DCB2(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for block in self.body:
             x = block(x)
-        return jax.nn.relu(self.out(x))
+        return relu(self.out(x))
 
 
 class Tail(nnx.Module):
@@ -145,5 +145,5 @@ class Tail(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer in self.layers[:-1]:
-            x = jax.nn.relu(layer(x))
+            x = relu(layer(x))
         return self.layers[-1](x)

@@ -17,6 +17,7 @@ from ambsn_jax.convert import keymap as km
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import DCB1, DCB2, Tail, conv
+from ambsn_jax.ops.relu import relu
 
 
 # MM-BSN's mask kinds in the order its release visits their branches (which fixes the channel
@@ -96,7 +97,6 @@ class MMBSN(nnx.Module):
         self.tail = Tail((2 + 2 * n_kinds) * c, c, config.out_ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        relu = jax.nn.relu
         h = relu(self.head(x))
         fms, cats3, cats5 = [], [], []
         for kind in self.config.kinds():

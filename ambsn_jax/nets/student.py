@@ -18,6 +18,7 @@ from ambsn_jax.convert import keymap as km
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import conv
+from ambsn_jax.ops.relu import relu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _stack(cin: int, cout: int, blocks: int, rngs: nnx.Rngs) -> nnx.List:
 
 def _run(stack: nnx.List, x: jax.Array) -> jax.Array:
     for layer in stack:
-        x = jax.nn.relu(layer(x))
+        x = relu(layer(x))
     return x
 
 
@@ -99,7 +100,7 @@ class Student(nnx.Module):
         h, w = x.shape[1:3]
         m = 2**self.config.depth
         x = jnp.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)), mode="edge")
-        f = _run(self.enc[0], jax.nn.relu(self.head(x / 255.0)))
+        f = _run(self.enc[0], relu(self.head(x / 255.0)))
         skips = []
         for stack in self.enc[1:]:
             skips.append(f)

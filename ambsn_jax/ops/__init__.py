@@ -1,1 +1,1 @@
-"""Operations the networks and the inference are made of: the convolution, pixel-shuffle down-sampling, window grids."""
+"""Operations the networks and the inference are made of: the convolution, the ReLU, pixel-shuffle down-sampling, window grids."""
