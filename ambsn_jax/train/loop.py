@@ -96,6 +96,14 @@ def validation_dir(cfg: Config) -> Path | None:
     return demo_root() if cfg.val.dir == "demo" else Path(cfg.val.dir)
 
 
+def validation_subset(val_dir: Path, blocks_per_image: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) blocks that validation during training scores: the first
+    `blocks_per_image` of each image (all when None)."""
+    noisy, clean = sidd_eval.load_validation(val_dir)
+    k = blocks_per_image or noisy.shape[1]
+    return noisy[:, :k], clean[:, :k]
+
+
 def initial_params(path: str, meta: CheckpointMeta) -> dict:
     """The parameters of checkpoint `path`, which must hold the network `meta` describes."""
     loaded = store.load_checkpoint(path)
@@ -293,11 +301,7 @@ def _train(cfg: Config, workdir: Path) -> int:
     # Data first: a wrong folder fails in seconds, before anything is compiled.
     paths = training_images(cfg.data, workdir)
     val_dir = validation_dir(cfg)
-    val = None
-    if val_dir is not None:
-        noisy, clean = sidd_eval.load_validation(val_dir)
-        k = cfg.val.blocks_per_image or noisy.shape[1]
-        val = noisy[:, :k], clean[:, :k]
+    val = None if val_dir is None else validation_subset(val_dir, cfg.val.blocks_per_image)
     save_resolved(cfg, workdir, write=lead)
     recipe = Recipe.of(cfg)
     sources = paths
@@ -432,7 +436,15 @@ def _train(cfg: Config, workdir: Path) -> int:
                   "rerun the same command to resume", file=sys.stderr, flush=True)  # fmt: skip
         return exit_status(preemption.signum)
 
-    early = last_step < total_steps
+    return _final_evaluation(cfg, workdir, val_dir, denoiser, last_step, total_steps)
+
+
+def _final_evaluation(
+    cfg: Config, workdir: Path, val_dir: Path | None, denoiser: BatchDenoiser, last_step: int, total_steps: int
+) -> int:
+    """After the last step: `evaluate.py`'s own report on the best (else latest) checkpoint,
+    written to `EVAL_FILE`, and the closing lines; 0."""
+    lead = jax.process_index() == 0
     if val_dir is None:
         if not lead:
             return 0
@@ -442,12 +454,11 @@ def _train(cfg: Config, workdir: Path) -> int:
         )
         _say_where(workdir, last_step, total_steps)
         return 0
-    # The final score is evaluate.py's own report on the best (else latest) checkpoint.
     best = store.load_checkpoint(workdir)
-    report = sidd_eval.evaluate_validation(best, val_dir, inference, cfg.seed, cfg.val.batch_size, denoiser=denoiser)
+    report = sidd_eval.evaluate_validation(best, val_dir, denoiser.cfg, cfg.seed, cfg.val.batch_size, denoiser=denoiser)
     if not lead:
         return 0
-    report["training"] = {"steps": last_step, "of_steps": total_steps, "stopped_early": early}
+    report["training"] = {"steps": last_step, "of_steps": total_steps, "stopped_early": last_step < total_steps}
     sidd_eval.write_json(workdir / EVAL_FILE, report)
     print(f"step {best.step} (best by validation PSNR): {sidd_eval.summary_line(report)}")
     _say_where(workdir, last_step, total_steps)
