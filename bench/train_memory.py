@@ -19,7 +19,9 @@ import subprocess
 import sys
 from functools import partial
 
-ARCHS = ("ambsn", "apbsn", "mmbsn")  # the releases' networks, trained with PD
+# The releases' networks (trained with PD), named rather than read from the registry: importing
+# it imports the networks, which bind `ops.relu.relu` before `_patch` could replace it.
+ARCHS = ("ambsn", "apbsn", "mmbsn")
 VARIANTS = ("current", "jax_relu", "relu_from_output", "xla_kernel_grad", "remat_dcl")
 
 
