@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from ambsn_jax.version import __version__
+
 __all__ = ["denoise", "load", "__version__"]
 
 

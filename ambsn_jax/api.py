@@ -16,7 +16,7 @@ import numpy as np
 from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
 from ambsn_jax.data.images import from_network, to_network
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import InferenceConfig, default_inference
 from ambsn_jax.inference.tiling import denoise_image

@@ -150,7 +150,7 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ambsn_jax.convert.reference import ReleaseDenoiser
+    from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 
     torch.set_num_threads(os.cpu_count() or 1)
     # On a GPU machine, the release on the same GPU, with PyTorch's defaults (TF32 convolutions).
@@ -163,7 +163,7 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     if case == "onnx256":
         return _onnxruntime_forward(arch, repeats)
     record = registry.get(arch)
-    net = ReleaseDenoiser(bsn=record.reference(record.config()), tta=record.release_tta).to(device)
+    net = ReleaseDenoiser(bsn=twin_of(record.config()), tta=record.release_tta).to(device)
     if case == "train_step":
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP, device=device) * 255

@@ -35,8 +35,8 @@ def _parity(width: int, side: int) -> dict:
 
     from ambsn_jax.checkpoint.meta import CheckpointMeta
     from ambsn_jax.checkpoint.store import Checkpoint
-    from ambsn_jax.convert import torch_port
-    from ambsn_jax.convert.reference import ReleaseDenoiser
+    from ambsn_jax.checkpoint import torch_port
+    from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
     from ambsn_jax.convert.verify import max_abs_diffs
     from ambsn_jax.inference.release import pd_forward
     from ambsn_jax.nets import registry
@@ -44,7 +44,7 @@ def _parity(width: int, side: int) -> dict:
 
     record = registry.get("ambsn")
     torch.manual_seed(0)
-    sd = {k: v.numpy() for k, v in ReleaseDenoiser(bsn=record.reference(record.config(base_ch=width))).state_dict().items()}
+    sd = {k: v.numpy() for k, v in ReleaseDenoiser(bsn=twin_of(record.config(base_ch=width))).state_dict().items()}
     params, cfg = torch_port.params_from_state_dict(sd)
     converted = Checkpoint(params, CheckpointMeta.for_release("ambsn", cfg, source="random"), Path("."), None)
     model = converted.module()

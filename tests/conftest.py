@@ -23,8 +23,8 @@ from flax import nnx
 
 from ambsn_jax.checkpoint.meta import CheckpointMeta
 from ambsn_jax.checkpoint.store import save_params
-from ambsn_jax.convert import torch_port
-from ambsn_jax.convert.reference import ReleaseDenoiser
+from ambsn_jax.checkpoint import torch_port
+from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 from ambsn_jax.data.sidd import save_blocks_mat
 from ambsn_jax.evaluation.sidd import BENCHMARK_NOISY, VALIDATION_CLEAN, VALIDATION_NOISY
 from ambsn_jax.nets import registry
@@ -58,7 +58,7 @@ def _typed(net: NetSpec):
 
 def _release_bsn(net: NetSpec) -> torch.nn.Module:
     cfg = _typed(net)
-    return registry.of_config(cfg).reference(cfg)
+    return twin_of(cfg)
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +113,20 @@ def assert_parity() -> Callable[..., None]:
         assert got.shape == want.shape
         diff = float(np.max(np.abs(got - want)))
         assert diff <= tol, f"max abs diff {diff:.3e} > {tol:g}"
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def assert_alive(reference) -> Callable[[NetSpec], None]:
+    """network -> asserts that its random-init reference's output varies across pixels well
+    beyond the parity tolerance (helpers.PARITY_TOL), so that parity there means something."""
+
+    def check(net: NetSpec) -> None:
+        x = helpers.nchw(helpers.image(np.random.default_rng(0), 1, 13, 17))
+        with torch.no_grad():
+            y = reference(net).bsn(x)
+        assert float(y.std(dim=(2, 3)).min()) > 5e-3
 
     return check
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +63,16 @@ def bound(model: nnx.Module, cfg: InferenceConfig = RELEASE) -> BoundDenoiser:
     """The compiled inference `cfg` of `model`'s network, bound to its parameters."""
     arch = registry.of_config(model.config).name
     return BatchDenoiser(arch, model.config, cfg).bind(params_of(model))
+
+
+def assert_release_params(cfg: object, count: int) -> None:
+    """The network of typed config `cfg`, in Flax and as its PyTorch twin, has `count` parameters
+    (torch counts a shared module once, as the port holds it once)."""
+    from ambsn_jax.convert.reference import twin_of
+
+    model = nnx.eval_shape(lambda: registry.build(registry.of_config(cfg).name, cfg))
+    assert n_params(model) == count
+    assert sum(p.numel() for p in twin_of(cfg).parameters()) == count
 
 
 def keys(n: int, seed: int = 0) -> jax.Array:
@@ -152,6 +165,13 @@ def write_png(path: Path, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), pixels)
     return pixels
+
+
+def run_script(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Python `code` in a fresh CPU process on this checkout, its output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **(env or {})}
+    cmd = [sys.executable, "-c", code]
+    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def run_main(main, argv: Sequence, capsys) -> tuple[int, str, str]:

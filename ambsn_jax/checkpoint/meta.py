@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ambsn_jax import __version__
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
+from ambsn_jax.version import __version__
 
 # 0.1.0 names -> this record's.
 _LEGACY_KEYS = {"trained_with": "source", "made_by": "note", "converted": "created"}

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.checkpoint.meta import CheckpointMeta
 from ambsn_jax.errors import UserError
 from ambsn_jax.files import sha256_file
@@ -158,8 +159,6 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
     `convert/torch2flax.py`, its architecture told by its keys. A directory is a manager
     written by `save_params` or by training; `step` defaults to the best, else the latest.
     """
-    from ambsn_jax.convert import torch_port
-
     path = Path(path)
     if path.suffix == ".pth" or path.is_file():
         params, cfg = torch_port.params_from_state_dict(torch_port.read_pth(path))

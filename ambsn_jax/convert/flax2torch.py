@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ambsn_jax.checkpoint.store import Checkpoint, Params, load_checkpoint
-from ambsn_jax.convert import torch_port
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.convert.verify import DEFAULT_TOLERANCE, max_abs_diffs, require_within
 from ambsn_jax.errors import UserError
 from ambsn_jax.files import atomic_path

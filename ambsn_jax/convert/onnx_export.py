@@ -31,7 +31,6 @@ from ambsn_jax.convert.verify import require_within
 from ambsn_jax.errors import UserError
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.release import InferenceConfig, default_inference, denoise
-from ambsn_jax.nets import registry
 
 if TYPE_CHECKING:  # torch is an optional dependency, imported where it is used
     import torch
@@ -58,9 +57,9 @@ def reference_for_export(params: Any, config: Any, pd_pad: int = 2) -> "torch.nn
     its PD sub-images by `pd_pad` (the checkpoint's; the release's 2, a student's 0)."""
     import torch
 
-    from ambsn_jax.convert.reference import MaskedConv2d, ReleaseDenoiser
+    from ambsn_jax.convert.reference import MaskedConv2d, ReleaseDenoiser, twin_of
 
-    ref = ReleaseDenoiser(bsn=registry.of_config(config).reference(config), pd_pad=pd_pad)
+    ref = ReleaseDenoiser(bsn=twin_of(config), pd_pad=pd_pad)
     state = {k: torch.from_numpy(v) for k, v in params_to_state_dict(params, config).items()}
     ref.load_state_dict(state, strict=True)
     for module in ref.modules():

@@ -11,10 +11,15 @@ first two and the tests compare on sizes where both agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ambsn_jax.errors import UserError
+from ambsn_jax.nets import registry
 
 CENTRAL_3 = [[1, 1, 1], [1, 0, 1], [1, 1, 1]]
 X_5 = [
@@ -270,6 +275,29 @@ class Student(nn.Module):
             up = self.up[i](f).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
             f = self._run(self.dec[i], skips[i] + up)
         return (x + 255.0 * self.tail(f))[:, :, :h, :w]
+
+
+def _release_ambsn(cfg: Any) -> nn.Module:
+    # The release hard-codes its blocks and masks, so only the widths can vary.
+    release = type(cfg)(in_ch=cfg.in_ch, out_ch=cfg.out_ch, base_ch=cfg.base_ch)
+    if cfg != release:
+        raise UserError(f"architecture {cfg} is not the release's ({release}), so its reference cannot verify it")
+    return AMBSN(cfg.in_ch, cfg.out_ch, cfg.base_ch)
+
+
+# Registry name -> the PyTorch twin of a typed config of that network.
+TWINS: dict[str, Callable[[Any], nn.Module]] = {
+    "ambsn": _release_ambsn,
+    "apbsn": lambda cfg: DBSNl(**cfg.to_dict()),
+    "mmbsn": lambda cfg: MMBSN(**cfg.to_dict()),
+    "student": lambda cfg: Student(**cfg.to_dict()),
+}
+
+
+def twin_of(cfg: Any) -> nn.Module:
+    """The release's PyTorch network (for the student: its twin) of the typed network config `cfg`,
+    chosen by the registry record `cfg` belongs to."""
+    return TWINS[registry.of_config(cfg).name](cfg)
 
 
 def pixel_shuffle_down_sampling(x: torch.Tensor, f: int, pad: int = 0) -> torch.Tensor:

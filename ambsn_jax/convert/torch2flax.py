@@ -16,7 +16,7 @@ import numpy as np
 
 from ambsn_jax.checkpoint.meta import CheckpointMeta
 from ambsn_jax.checkpoint.store import Checkpoint, load_checkpoint, save_params
-from ambsn_jax.convert import torch_port
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.convert.verify import DEFAULT_TOLERANCE, max_abs_diffs, require_within
 from ambsn_jax.errors import UserError
 from ambsn_jax.files import atomic_dir, sha256_file

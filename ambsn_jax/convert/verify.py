@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ambsn_jax.convert import torch_port
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.errors import UserError
 from ambsn_jax.inference.release import pd_forward
-from ambsn_jax.nets import registry
 
 # The bound on raw outputs (0..255 scale); float32 against float64 noise is about 2e-4.
 DEFAULT_TOLERANCE = 5e-3
@@ -24,9 +23,9 @@ def reference_for(model: nnx.Module, state_dict: dict[str, np.ndarray]):
     # Imported here, after read_pth has told a user without torch how to install it.
     import torch
 
-    from ambsn_jax.convert.reference import ReleaseDenoiser
+    from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 
-    ref = ReleaseDenoiser(bsn=registry.of_config(model.config).reference(model.config))
+    ref = ReleaseDenoiser(bsn=twin_of(model.config))
     stripped = torch_port.strip_prefixes(state_dict)
     ref.bsn.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in stripped.items()}, strict=True)
     return ref.eval()

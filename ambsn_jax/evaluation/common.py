@@ -1,24 +1,11 @@
-"""What every evaluation mode shares: per-item random keys, and how reports name a checkpoint."""
+"""What every evaluation mode shares: how reports name a checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
-
-import jax
 
 from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.files import sha256_tree
-from ambsn_jax.inference.denoiser import fold_in_each
-
-
-def item_keys(seed: int, indices: Sequence[int]) -> jax.Array:
-    """One key per item: the seed's key folded with the item's index.
-
-    An item's R3 draws thus depend only on the seed and its own index (block number in the
-    file, position in the sorted file list, box number), never on the batch size or `--limit`.
-    """
-    return fold_in_each(jax.random.key(seed), indices)
 
 
 def checkpoint_record(checkpoint: Checkpoint) -> dict[str, Any]:

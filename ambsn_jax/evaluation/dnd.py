@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ambsn_jax import mesh as meshlib
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.evaluation.resume import Resume, fingerprint
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.denoiser import BoundDenoiser

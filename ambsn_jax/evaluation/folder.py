@@ -13,9 +13,10 @@ from ambsn_jax import mesh as meshlib
 from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.data.images import read_image, write_image
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import checkpoint_record, item_keys
+from ambsn_jax.evaluation.common import checkpoint_record
 from ambsn_jax.evaluation.resume import Resume, fingerprint
 from ambsn_jax.inference.denoiser import BoundDenoiser
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import InferenceConfig
 from ambsn_jax.inference.tiling import Tiling, denoise_image
 

@@ -13,7 +13,6 @@ someone's files.
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ import numpy as np
 
 from ambsn_jax.data.images import read_image, write_pixels
 from ambsn_jax.errors import UserError
+from ambsn_jax.evaluation.html_page import escape, histogram_svg, key_values, page
 from ambsn_jax.files import atomic_dir
 from ambsn_jax.metrics import psnr
 
@@ -33,11 +33,6 @@ MARKER = ".ambsn-report"
 ZOOM = 2  # the featured blocks' enlargement, nearest neighbour: pixels stay visible as pixels
 ERROR_GAIN = 4  # |denoised - clean| is amplified this much (then clipped) to be visible at all
 THUMB_SIDE = 256  # longest side of the folder report's thumbnails
-
-
-def _e(value: Any) -> str:
-    """Text for HTML (content and quoted attributes): every string may come from user data."""
-    return html.escape(str(value), quote=True)
 
 
 # --- the report folder ----------------------------------------------------------------------
@@ -80,113 +75,6 @@ def _write_rgb(path: Path, rgb: np.ndarray, zoom: int = 1) -> None:
 
 
 # --- page parts -----------------------------------------------------------------------------
-
-_CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1300px; }
-h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; }
-table { border-collapse: collapse; margin: 8px 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #eee; } td.text, th.text { text-align: left; }
-table.sortable th { cursor: pointer; user-select: none; }
-table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; }
-table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }
-tr.featured td { background: #fff6d5; }
-.means td:first-child { text-align: left; }
-.row { display: flex; gap: 12px; flex-wrap: wrap; align-items: flex-start; }
-figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
-img.zoom { image-rendering: pixelated; }
-.note { color: #555; font-size: 12px; }
-"""
-
-# Sorts a table.sortable by the clicked column (numbers by each cell's data-v), toggling order.
-_JS = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  var heads = table.querySelectorAll("thead th");
-  heads.forEach(function (th, col) {
-    th.addEventListener("click", function () {
-      var down = th.getAttribute("aria-sort") !== "descending";
-      heads.forEach(function (h) { h.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", down ? "descending" : "ascending");
-      var body = table.tBodies[0];
-      var rows = Array.prototype.slice.call(body.rows);
-      rows.sort(function (a, b) {
-        var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-        var d = (x !== undefined && y !== undefined) ? x - y
-              : a.cells[col].textContent.localeCompare(b.cells[col].textContent);
-        return down ? -d : d;
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
-        f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{_e(title)}</h1>\n{body}\n"
-        f"<script>{_JS}</script>\n</body>\n</html>\n"
-    )
-
-
-def _flat(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in mapping.items():
-        if isinstance(value, Mapping):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def _key_values(mapping: Mapping[str, Any]) -> str:
-    """A two-column table of a (nested) mapping: options, checkpoint, timings."""
-    rows = "".join(
-        f'<tr><td class="text">{_e(k)}</td><td class="text">{_e(f"{v:.6g}" if isinstance(v, float) else v)}</td></tr>'
-        for k, v in _flat(mapping)
-    )
-    return f"<table>{rows}</table>"
-
-
-def _histogram_svg(values: np.ndarray, width: int = 640, height: int = 240) -> str:
-    """Counts of `values` in bins, as an inline SVG bar chart with labelled axes."""
-    low, high = float(values.min()), float(values.max())
-    if high - low < 1e-6:  # one value: a bin around it rather than a zero-width range
-        low, high = low - 0.5, high + 0.5
-    bins = int(np.clip(np.ceil(np.sqrt(len(values))), 5, 30))
-    counts, edges = np.histogram(values, bins=bins, range=(low, high))
-    left, bottom, top, right = 40, 36, 12, 28  # room for the end labels, centred on the edges
-    plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max(int(counts.max()), 1)
-    bar_w = plot_w / bins
-    parts = [
-        f'<svg id="gain-histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="histogram of per-block PSNR gains">',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>',
-    ]
-    for i, count in enumerate(counts):
-        h = plot_h * count / peak
-        x = left + i * bar_w
-        parts.append(
-            f'<rect class="bar" x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" '
-            f'height="{h:.1f}" fill="#4a7fb5"><title>{edges[i]:+.2f} to {edges[i + 1]:+.2f} dB: '
-            f"{count} block(s)</title></rect>"
-        )
-    for i in range(0, bins + 1, max(1, bins // 6)):
-        x = left + i * bar_w
-        parts.append(
-            f'<text x="{x:.1f}" y="{top + plot_h + 14}" font-size="11" text-anchor="middle">{edges[i]:+.2f}</text>'
-        )
-    for count in sorted({0, peak // 2, peak}):
-        y = top + plot_h - plot_h * count / peak
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{count}</text>')
-    parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">'
-        "PSNR gain, denoised - noisy (dB)</text>"
-    )
-    parts.append("</svg>")
-    return "\n".join(parts)
-
 
 def _featured(gains: np.ndarray) -> list[tuple[str, int]]:
     """(label, index) of the best, median and worst gains; one entry per block, labels joined.
@@ -247,17 +135,17 @@ def write_validation_report(
                 h, w = rgb.shape[:2]
                 cells.append(
                     f'<figure><img class="zoom" src="{name}" width="{w * ZOOM}" height="{h * ZOOM}" '
-                    f'alt="{_e(kind)}"><figcaption>{_e(caption)}</figcaption></figure>'
+                    f'alt="{escape(kind)}"><figcaption>{escape(caption)}</figcaption></figure>'
                 )
             b = blocks[n]
             figures.append(
-                f'<section class="featured" data-rank="{_e(label)}" data-index="{n}" data-image="{_e(b["image"])}" '
-                f'data-block="{_e(b["block"])}"><h3>{_e(label)}: image {_e(b["image"])}, block {_e(b["block"])} '
+                f'<section class="featured" data-rank="{escape(label)}" data-index="{n}" data-image="{escape(b["image"])}" '
+                f'data-block="{escape(b["block"])}"><h3>{escape(label)}: image {escape(b["image"])}, block {escape(b["block"])} '
                 f"(PSNR {b['psnr']:.2f} dB, gain {gains[n]:+.2f} dB)</h3>"
                 f'<div class="row">{"".join(cells)}</div></section>'
             )
         (tmp / "index.html").write_text(
-            _page("AM-BSN validation report", _validation_body(summary, blocks, noisy_psnr, gains, featured, figures)),
+            page("AM-BSN validation report", _validation_body(summary, blocks, noisy_psnr, gains, featured, figures)),
             encoding="utf-8",
         )
     return out_dir / "index.html"
@@ -277,7 +165,7 @@ def _validation_body(
         ("SSIM, Gaussian (Wang et al.)", "ssim_gaussian", "noisy_ssim_gaussian", ".4f"),
     ]
     mean_rows = "".join(
-        f'<tr><td>{_e(name)}</td><td data-key="{key}">{summary[key]:{fmt}}</td><td>{summary[noisy]:{fmt}}</td>'
+        f'<tr><td>{escape(name)}</td><td data-key="{key}">{summary[key]:{fmt}}</td><td>{summary[noisy]:{fmt}}</td>'
         f"<td>{summary[key] - summary[noisy]:+{fmt}}</td></tr>"
         for name, key, noisy, fmt in means
         if key in summary and noisy in summary
@@ -292,16 +180,16 @@ def _validation_body(
             (b["psnr"], f"{b['psnr']:.2f}"), (noisy_psnr[n], f"{noisy_psnr[n]:.2f}"), (gains[n], f"{gains[n]:+.2f}"),
             (b["ssim"], f"{b['ssim']:.4f}"), (b["ssim_gaussian"], f"{b['ssim_gaussian']:.4f}"),
         ]  # fmt: skip
-        tds = "".join(f'<td data-v="{float(v)!r}">{_e(text)}</td>' for v, text in cells)
-        rows.append(f'<tr{cls}>{tds}<td class="text">{_e(labels.get(n, ""))}</td></tr>')
+        tds = "".join(f'<td data-v="{float(v)!r}">{escape(text)}</td>' for v, text in cells)
+        rows.append(f'<tr{cls}>{tds}<td class="text">{escape(labels.get(n, ""))}</td></tr>')
     heads = ["#", "image", "block", "PSNR", "noisy PSNR", "gain (dB)", "SSIM", "SSIM Gaussian"]
     head = "".join(f"<th>{h}</th>" for h in heads) + '<th class="text">shown</th>'
     return (
         f"<h2>Summary: {len(blocks)} blocks</h2>"
         '<table class="means"><thead><tr><th class="text">mean over blocks</th><th>denoised</th><th>noisy input</th>'
         f"<th>gain</th></tr></thead><tbody>{mean_rows}</tbody></table>"
-        f"{_key_values(rest)}"
-        f"<h2>Per-block PSNR gain</h2>{_histogram_svg(gains)}"
+        f"{key_values(rest)}"
+        f"<h2>Per-block PSNR gain</h2>{histogram_svg(gains)}"
         f"<h2>Best, median and worst blocks by PSNR gain ({ZOOM}x, nearest neighbour)</h2>{''.join(figures)}"
         '<h2>Blocks</h2><p class="note">Click a column header to sort by it; click again to reverse.</p>'
         f'<table id="blocks" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -326,8 +214,8 @@ def _href(path: Path, page_dir: Path) -> str:
     try:
         rel = Path(os.path.relpath(path.resolve(), page_dir.resolve())).as_posix()
     except ValueError:  # another drive on Windows: no relative path exists
-        return _e(path.resolve().as_uri())
-    return _e(quote(rel))
+        return escape(path.resolve().as_uri())
+    return escape(quote(rel))
 
 
 def write_folder_report(
@@ -352,17 +240,17 @@ def write_folder_report(
                 try:
                     _thumbnail(path, tmp / thumb)
                 except UserError as e:
-                    cells.append(f'<figure class="missing"><figcaption>{_e(kind)}: {_e(e)}</figcaption></figure>')
+                    cells.append(f'<figure class="missing"><figcaption>{escape(kind)}: {escape(e)}</figcaption></figure>')
                     continue
                 cells.append(
-                    f'<figure><a href="{_href(path, out_dir)}"><img src="{thumb}" alt="{_e(kind)} {_e(name)}"></a>'
-                    f"<figcaption>{_e(kind)}: {_e(path.name)}</figcaption></figure>"
+                    f'<figure><a href="{_href(path, out_dir)}"><img src="{thumb}" alt="{escape(kind)} {escape(name)}"></a>'
+                    f"<figcaption>{escape(kind)}: {escape(path.name)}</figcaption></figure>"
                 )
-            items.append(f'<section class="pair"><h3>{_e(name)}</h3><div class="row">{"".join(cells)}</div></section>')
+            items.append(f'<section class="pair"><h3>{escape(name)}</h3><div class="row">{"".join(cells)}</div></section>')
         body = (
-            f"<h2>Summary: {len(pairs)} images</h2>{_key_values(summary)}"
+            f"<h2>Summary: {len(pairs)} images</h2>{key_values(summary)}"
             '<h2>Before / after</h2><p class="note">Click a thumbnail for the full-size image.</p>'
             f"{''.join(items)}"
         )
-        (tmp / "index.html").write_text(_page("AM-BSN denoising report", body), encoding="utf-8")
+        (tmp / "index.html").write_text(page("AM-BSN denoising report", body), encoding="utf-8")
     return out_dir / "index.html"

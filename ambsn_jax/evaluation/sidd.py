@@ -20,10 +20,11 @@ from tqdm import tqdm
 from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.data.sidd import load_blocks
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation.common import checkpoint_record, item_keys
+from ambsn_jax.evaluation.common import checkpoint_record
 from ambsn_jax.evaluation.resume import PartialBlocks
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.denoiser import BatchDenoiser, BoundDenoiser
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import InferenceConfig, postprocess
 from ambsn_jax.metrics import psnr, ssim, ssim_gaussian
 from ambsn_jax.ops.windows import pad_to_min_side, padded_batches

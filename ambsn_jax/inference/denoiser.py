@@ -4,7 +4,7 @@ parameters passed per call, items split over the devices (and processes)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -29,11 +29,6 @@ def _denoise_one(graphdef: nnx.GraphDef, cfg: InferenceConfig, params: Params, x
         if cfg.self_ensemble:
             return self_ensemble(run, x[None], key)[0]
         return run(x[None], key)[0]
-
-
-def fold_in_each(key: jax.Array, indices: Sequence[int] | np.ndarray) -> jax.Array:
-    """One key per index i: `fold_in(key, i)`, so an item's draws depend on its index alone."""
-    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(indices, jnp.uint32))
 
 
 class BatchDenoiser:

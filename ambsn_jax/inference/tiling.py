@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ambsn_jax.inference.denoiser import BoundDenoiser, fold_in_each
+from ambsn_jax.inference.denoiser import BoundDenoiser
+from ambsn_jax.inference.keys import fold_in_each
 from ambsn_jax.ops.windows import Tiling, pad_to_min_side, padded_batches, window_starts
 
 

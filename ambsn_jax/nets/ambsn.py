@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ambsn_jax.convert import keymap as km
-from ambsn_jax.errors import UserError
+from ambsn_jax.nets import keymap as km
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import DCB1, DCB2, Tail, conv
 from ambsn_jax.ops.relu import relu
@@ -83,16 +82,6 @@ def mask_map(cfg: AMBSNConfig) -> km.MaskMap:
     )
 
 
-def reference(cfg: AMBSNConfig):
-    """The release's PyTorch `bsn`; it hard-codes its blocks and masks, so only widths vary."""
-    from ambsn_jax.convert import reference as ref
-
-    release = AMBSNConfig(in_ch=cfg.in_ch, out_ch=cfg.out_ch, base_ch=cfg.base_ch)
-    if cfg != release:
-        raise UserError(f"architecture {cfg} is not the release's ({release}), so its reference cannot verify it")
-    return ref.AMBSN(cfg.in_ch, cfg.out_ch, cfg.base_ch)
-
-
 ARCHITECTURE = Architecture(
     name="ambsn",
     display_name="AM-BSN",
@@ -102,7 +91,6 @@ ARCHITECTURE = Architecture(
     config_from_state_dict=config_from_state_dict,
     key_map=key_map,
     mask_map=mask_map,
-    reference=reference,
     release_tta=True,
     release_config="sidd",
 )

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ambsn_jax.convert import keymap as km
+from ambsn_jax.nets import keymap as km
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import DCB2, Tail, conv
 from ambsn_jax.ops.relu import relu
@@ -87,13 +87,6 @@ def mask_map(cfg: APBSNConfig) -> km.MaskMap:
     )
 
 
-def reference(cfg: APBSNConfig):
-    """The release's PyTorch `bsn` of this config."""
-    from ambsn_jax.convert import reference as ref
-
-    return ref.DBSNl(**cfg.to_dict())
-
-
 ARCHITECTURE = Architecture(
     name="apbsn",
     display_name="AP-BSN",
@@ -103,7 +96,6 @@ ARCHITECTURE = Architecture(
     config_from_state_dict=config_from_state_dict,
     key_map=key_map,
     mask_map=mask_map,
-    reference=reference,
     release_tta=False,
     release_config="apbsn_sidd",
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 from flax import nnx
 
-from ambsn_jax.convert.keymap import KeyMap, MaskMap, StateDict
+from ambsn_jax.nets.keymap import KeyMap, MaskMap, StateDict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,8 +16,8 @@ class Architecture:
     """One network: how to build it, how the release's checkpoints map onto it, how it is run.
 
     `config` is the network's frozen config dataclass (defaults: the release's, `to_dict()`
-    for metadata). The port fields read the release's state dicts; `reference` builds the
-    release's own PyTorch network for a config (it imports torch, so call it only to verify).
+    for metadata). The port fields read the release's state dicts (the release's own PyTorch
+    network, its twin, is chosen by `name` in `convert.reference`, which imports torch).
     """
 
     name: str  # as checkpoint metadata, configs and --arch spell it
@@ -28,7 +28,6 @@ class Architecture:
     config_from_state_dict: Callable[[StateDict], Any]
     key_map: Callable[[Any], KeyMap]
     mask_map: Callable[[Any], MaskMap]
-    reference: Callable[[Any], Any]
     release_tta: bool  # the release's inference fuses the PD-2 pass with a PD-`train_pd` pass
     release_config: str  # the shipped training config of the release's recipe (ambsn_jax/configs)
     release_train_pd: int = 5  # PD factor the release trains with (its pd_a)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ambsn_jax.convert import keymap as km
+from ambsn_jax.nets import keymap as km
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import DCB1, DCB2, Tail, conv
@@ -149,13 +149,6 @@ def mask_map(cfg: MMBSNConfig) -> km.MaskMap:
     return masks
 
 
-def reference(cfg: MMBSNConfig):
-    """The release's PyTorch `bsn` of this config."""
-    from ambsn_jax.convert import reference as ref
-
-    return ref.MMBSN(**cfg.to_dict())
-
-
 ARCHITECTURE = Architecture(
     name="mmbsn",
     display_name="MM-BSN",
@@ -165,7 +158,6 @@ ARCHITECTURE = Architecture(
     config_from_state_dict=config_from_state_dict,
     key_map=key_map,
     mask_map=mask_map,
-    reference=reference,
     release_tta=False,
     release_config="mmbsn_sidd",
 )

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ambsn_jax.convert import keymap as km
+from ambsn_jax.nets import keymap as km
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets.architecture import Architecture
 from ambsn_jax.nets.blocks import conv
@@ -137,13 +137,6 @@ def mask_map(cfg: StudentConfig) -> km.MaskMap:
     return {}  # not a blind-spot network: nothing is masked
 
 
-def reference(cfg: StudentConfig):
-    """The student's PyTorch twin (for `.pth`, ONNX and the converters' verification)."""
-    from ambsn_jax.convert import reference as ref
-
-    return ref.Student(**cfg.to_dict())
-
-
 ARCHITECTURE = Architecture(
     name="student",
     display_name="student U-Net",
@@ -153,7 +146,6 @@ ARCHITECTURE = Architecture(
     config_from_state_dict=config_from_state_dict,
     key_map=key_map,
     mask_map=mask_map,
-    reference=reference,
     release_tta=False,
     release_config="distill_sidd",
     release_train_pd=1,

@@ -1,29 +1,24 @@
-"""The training loop: data, state, resume, steps, validation, checkpoints, final evaluation.
+"""The training loop: prepare the run, resume it, take its steps, checkpoint, evaluate.
 
-Every step directory of `<workdir>/checkpoints` holds the shared items `params` and `meta`
-(see `ambsn_jax.checkpoint.store`, so `evaluate.py --ckpt <workdir>` loads it) beside
-training's own (`store.TRAINING_ITEMS`: optimizer state, step and RNG key, and the Grain
-iterator's position).
 Rerunning the same command resumes from the latest step; given the seed, the resumed run's
-numbers are those of an uninterrupted one.
+numbers are those of an uninterrupted one. What a step saves is `train.checkpoints`'s, what
+it reports `train.runlog`'s, validation and the closing evaluation `train.validation`'s.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import signal
 import sys
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
-from tensorboardX import SummaryWriter
-from tqdm import tqdm
 
 from ambsn_jax import mesh as meshlib
 from ambsn_jax.checkpoint import store
@@ -33,51 +28,15 @@ from ambsn_jax.data.demo import demo_root
 from ambsn_jax.data.pipeline import batch_iterator, training_batches
 from ambsn_jax.data.sidd import find_noisy_images, prepare_patches
 from ambsn_jax.errors import UserError
-from ambsn_jax.evaluation import sidd as sidd_eval
 from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import default_inference
 from ambsn_jax.nets import registry
-from ambsn_jax.train import distill, nonfinite, recovery
-from ambsn_jax.train.preemption import Preemption, exit_status
-from ambsn_jax.train.workdir_lock import hold_workdir
+from ambsn_jax.train import checkpoints, distill, nonfinite, recovery, validation
 from ambsn_jax.train.config import Config, DataSection, save_resolved
-from ambsn_jax.train.step import (
-    TrainState,
-    init_state,
-    lr_schedule,
-    optimizer,
-    Recipe,
-    served,
-    train_step,
-)
-
-METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.json"
-PROFILE_DIR = "profile"
-
-
-class Profiler:
-    """A `jax.profiler` trace of steps [first, last] (TensorBoard's profile plugin reads it)."""
-
-    def __init__(self, steps: list[int] | None, out: Path, enabled: bool):
-        self.first, self.last = steps if steps and enabled else (0, -1)
-        self.out = out
-        self.running = False
-
-    def before(self, step: int) -> None:
-        if step == self.first:
-            jax.profiler.start_trace(str(self.out))
-            self.running = True
-
-    def after(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        if self.running and step == self.last:
-            jax.block_until_ready(metrics)  # the trace holds the steps' device work, not just their dispatch
-            self.close()
-
-    def close(self) -> None:
-        if self.running:
-            jax.profiler.stop_trace()
-            self.running = False
+from ambsn_jax.train.preemption import Preemption, exit_status
+from ambsn_jax.train.runlog import PROFILE_DIR, Profiler, RunLog
+from ambsn_jax.train.step import TrainState, init_state, lr_schedule, optimizer, Recipe, served, train_step
+from ambsn_jax.train.workdir_lock import hold_workdir
 
 
 def training_images(cfg: DataSection, workdir: Path) -> list[Path]:
@@ -87,21 +46,6 @@ def training_images(cfg: DataSection, workdir: Path) -> list[Path]:
         return checked_images(find_noisy_images(root), cfg.crop, cfg.skip_bad)
     patch_dir = Path(cfg.patch_dir) if cfg.patch_dir else workdir / "patches"
     return prepare_patches(root, patch_dir, cfg.patch_size, cfg.patch_stride, cfg.crop, cfg.skip_bad)
-
-
-def validation_dir(cfg: Config) -> Path | None:
-    """The folder of SIDD-format validation blocks, if the config validates."""
-    if cfg.val.dir is None:
-        return None
-    return demo_root() if cfg.val.dir == "demo" else Path(cfg.val.dir)
-
-
-def validation_subset(val_dir: Path, blocks_per_image: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy, clean) blocks that validation during training scores: the first
-    `blocks_per_image` of each image (all when None)."""
-    noisy, clean = sidd_eval.load_validation(val_dir)
-    k = blocks_per_image or noisy.shape[1]
-    return noisy[:, :k], clean[:, :k]
 
 
 def initial_params(path: str, meta: CheckpointMeta) -> dict:
@@ -131,158 +75,44 @@ def training_meta(cfg: Config) -> CheckpointMeta:
     )
 
 
-def checkpoint_manager(workdir: Path, keep: int, track_best: bool) -> ocp.CheckpointManager:
-    """Keeps the `keep` latest steps and, if `track_best`, the best by validation PSNR (steps
-    without one don't compete); `best_step()` then names that step."""
-    options = ocp.CheckpointManagerOptions(
-        # Orbax writes the metrics passed to save() only when it tracks a best.
-        best_fn=store.best_metric if track_best else None,
-        best_mode="max",
-        preservation_policy=policies.AnyPreservationPolicy(
-            [
-                policies.LatestN(keep),
-                policies.BestN(get_metric_fn=store.best_metric, n=1, keep_checkpoints_without_metrics=False),
-            ]
-        ),
-        # A run killed mid-save leaves a temporary directory; the rerun clears it.
-        cleanup_tmp_directories=True,
-    )
-    return ocp.CheckpointManager(workdir / store.WORKDIR_CHECKPOINTS, options=options)
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """How long the run is and when it checkpoints, in steps."""
+
+    per_epoch: int
+    total: int  # what the config asks for
+    last: int  # where this run stops (`--max-steps` may cut it short)
+    save_every: int
+
+    @classmethod
+    def of(cls, cfg: Config, n_images: int) -> Steps:
+        per_epoch = cfg.train.steps_per_epoch or max(1, n_images // cfg.train.batch_size)
+        total = cfg.train.epochs * per_epoch
+        return cls(per_epoch, total, min(total, cfg.train.max_steps or total), cfg.checkpoint.every or per_epoch)
 
 
-def _train_item(state: TrainState, skipped: jax.Array) -> dict[str, jax.Array]:
-    # Orbax stores plain arrays: the typed key goes as its raw key data. `skipped`: the count
-    # of non-finite steps skipped so far (`nonfinite.SKIPPED`), an int32 scalar.
-    return {"step": state.step, "rng": jax.random.key_data(state.rng), nonfinite.SKIPPED: skipped}
+@dataclasses.dataclass
+class Run:
+    """Everything a run prepared before its first step: data, state, compiled programs."""
 
+    cfg: Config
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    n_images: int
+    val_dir: Path | None
+    val: tuple[np.ndarray, np.ndarray] | None
+    steps: Steps
+    meta: CheckpointMeta
+    state: TrainState
+    denoiser: BatchDenoiser  # one compiled inference: each validation binds the current parameters
+    data_iter: grain.DatasetIterator
+    step_fn: Any  # the jitted train step (state, batch) -> (state, metrics)
 
-def _scalar(value: int, mesh: jax.sharding.Mesh) -> jax.Array:
-    """An int32 scalar on every device of the mesh (every process passes the same value)."""
-    return jax.make_array_from_callback((), meshlib.replicated(mesh), lambda _: np.int32(value))
-
-
-def _save_args(
-    state: TrainState, meta: CheckpointMeta, data_iter: grain.DatasetIterator, skipped: jax.Array
-) -> ocp.args.Composite:
-    extra = {} if state.ema is None else {store.TRAIN_PARAMS: ocp.args.StandardSave(state.params)}
-    return ocp.args.Composite(
-        **store.save_args(served(state), meta),
-        **{
-            store.OPT_STATE: ocp.args.StandardSave(state.opt_state),
-            store.TRAIN: ocp.args.StandardSave(_train_item(state, skipped)),
-            store.DATA: grain.checkpoint.CheckpointSave(data_iter),
-        },
-        **extra,
-    )
-
-
-def _restore(
-    mngr: ocp.CheckpointManager, step: int, state: TrainState, data_iter: grain.DatasetIterator, skipped: jax.Array
-) -> tuple[TrainState, int]:
-    """`state` (for its structure and shardings) and `data_iter`, restored from `step`, and the
-    count of skipped non-finite steps (0 for checkpoints written before it was kept)."""
-    abstract = partial(jax.tree.map, ocp.utils.to_shape_dtype_struct)
-
-    def restore(train_item: dict[str, jax.Array]) -> dict:
-        items = {
-            store.PARAMS: ocp.args.StandardRestore(abstract(served(state))),
-            store.OPT_STATE: ocp.args.StandardRestore(abstract(state.opt_state)),
-            store.TRAIN: ocp.args.StandardRestore(abstract(train_item)),
-            store.DATA: grain.checkpoint.CheckpointRestore(data_iter),
-        }
-        if state.ema is not None:
-            items[store.TRAIN_PARAMS] = ocp.args.StandardRestore(abstract(state.params))
-        return mngr.restore(step, args=ocp.args.Composite(**items))
-
-    train_item = _train_item(state, skipped)
-    try:
-        restored = restore(train_item)
-    except Exception as e:  # noqa: BLE001 - whatever fails, the step without the count may restore
-        # A checkpoint of a version that kept no count of skipped steps; anything else fails again.
-        try:
-            restored = restore({k: v for k, v in train_item.items() if k != nonfinite.SKIPPED})
-        except Exception:  # noqa: BLE001
-            raise e from None
-    train = restored[store.TRAIN]
-    rng = jax.random.wrap_key_data(train["rng"], impl=jax.random.key_impl(state.rng))
-    count = int(train[nonfinite.SKIPPED]) if nonfinite.SKIPPED in train else 0
-    if state.ema is None:
-        return TrainState(restored[store.PARAMS], restored[store.OPT_STATE], train["step"], rng, None), count
-    params, ema = restored[store.TRAIN_PARAMS], restored[store.PARAMS]
-    return TrainState(params, restored[store.OPT_STATE], train["step"], rng, ema), count
-
-
-def _step_of(line: str) -> float:
-    """The step a metrics.jsonl line is about; infinite for a line cut short by a kill."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError):
-        return float("inf")
-
-
-class RunLog:
-    """metrics.jsonl, TensorBoard events and the progress bar; silent on all hosts but the first.
-
-    On resume, lines and events after the restored step (written by the interrupted run) are
-    dropped, so the files read as one uninterrupted run.
-    """
-
-    def __init__(self, workdir: Path, start: int, total: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        self.path = workdir / METRICS_FILE
-        kept = [line for line in self._lines() if _step_of(line) <= start]
-        self.path.write_text("".join(kept))
-        self.jsonl = self.path.open("a")
-        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start + 1)
-        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
-
-    def _lines(self) -> list[str]:
-        return self.path.read_text().splitlines(keepends=True) if self.path.is_file() else []
-
-    def write(self, step: int, values: dict[str, float], tb_prefix: str) -> None:
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self.jsonl.flush()
-        for key, value in values.items():
-            self.tb.add_scalar(f"{tb_prefix}/{key}", value, step)
-        self.tb.flush()
-
-    def images(self, step: int, rows: list[np.ndarray]) -> None:
-        """Validation blocks as TensorBoard images, each a row noisy | denoised | clean."""
-        if not self.enabled:
-            return
-        for i, row in enumerate(rows):
-            self.tb.add_image(f"val/block{i}", row, step, dataformats="HWC")
-        self.tb.flush()
-
-    def progress(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", refresh=False)
-        self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.close()
-            self.jsonl.close()
-            self.tb.close()
-
-
-def validation_scores(
-    denoiser: BatchDenoiser, params: dict, val: tuple[np.ndarray, np.ndarray], cfg: Config
-) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Mean PSNR / SSIM of the validation subset under the release's full default inference,
-    its blocks split over the training mesh (every host gets the same scores, which each
-    host's manager records), and the first `log.images` blocks as noisy | denoised | clean rows."""
-    noisy, clean = val
-    scores = sidd_eval.score_validation(denoiser.bind(params), noisy, clean, cfg.seed, cfg.val.batch_size, keep_outputs=True)
-    flat_noisy, flat_clean = (v.reshape(-1, *v.shape[2:]) for v in val)
-    shown = range(min(cfg.log.images, len(flat_noisy)))
-    rows = [np.concatenate([flat_noisy[i], scores["denoised"][i], flat_clean[i]], axis=1) for i in shown]
-    return {"psnr": scores["psnr"], "ssim": scores["ssim"]}, rows
+    def next_batch(self) -> jax.Array:
+        # A copy: Grain's batch lives in shared memory, which JAX on a CPU would otherwise keep
+        # mapped for as long as the array lives, past the iterator's close, so that the segment
+        # outlives the run (Python's resource tracker then warns of a leak).
+        return meshlib.shard_batch(np.array(next(self.data_iter)), self.mesh)
 
 
 def train(cfg: Config, workdir: Path) -> int:
@@ -292,43 +122,33 @@ def train(cfg: Config, workdir: Path) -> int:
     workdir = workdir.absolute()
     # Workdirs are shared between hosts: the lead process's lock stands for the whole run.
     with hold_workdir(workdir) if jax.process_index() == 0 else nullcontext():
-        return _train(cfg, workdir)
+        run = prepare(cfg, workdir)
+        signum = _resume_and_train(run)
+        if signum is not None:
+            return exit_status(signum)
+        return validation.final_evaluation(cfg, workdir, run.val_dir, run.denoiser, run.steps.last, run.steps.total)
 
 
-def _train(cfg: Config, workdir: Path) -> int:
+def prepare(cfg: Config, workdir: Path) -> Run:
+    """The run's data (checked first: a wrong folder fails in seconds, before anything is
+    compiled), its resolved config in the workdir, its initial state and programs."""
     lead = jax.process_index() == 0
     mesh = meshlib.make_mesh(cfg.train.batch_size)
-    # Data first: a wrong folder fails in seconds, before anything is compiled.
     paths = training_images(cfg.data, workdir)
-    val_dir = validation_dir(cfg)
-    val = None if val_dir is None else validation_subset(val_dir, cfg.val.blocks_per_image)
+    val_dir = validation.validation_dir(cfg)
+    val = None if val_dir is None else validation.validation_subset(val_dir, cfg.val.blocks_per_image)
     save_resolved(cfg, workdir, write=lead)
     recipe = Recipe.of(cfg)
     sources = paths
     if cfg.distill.teacher is not None:
         targets = Path(cfg.distill.targets_dir) if cfg.distill.targets_dir else workdir / distill.TARGETS_DIR
         sources = distill.teacher_targets(cfg.distill.teacher, paths, targets, cfg.seed, recipe.precision)
-    steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(paths) // cfg.train.batch_size)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    last_step = min(total_steps, cfg.train.max_steps or total_steps)
-    save_every = cfg.checkpoint.every or steps_per_epoch
-
+    steps = Steps.of(cfg, len(paths))
     meta = training_meta(cfg)
-    init_params = initial_params(cfg.model.init, meta) if cfg.model.init else None
-    graphdef = registry.graphdef(meta.arch, meta.config)
-    schedule = lr_schedule(cfg.optim, steps_per_epoch)
+    schedule = lr_schedule(cfg.optim, steps.per_epoch)
     tx = optimizer(cfg.optim, schedule)
-    new_model = partial(registry.build, meta.arch, meta.config, cfg.seed)
-    state = jax.jit(partial(init_state, new_model, tx, cfg.seed, recipe), out_shardings=meshlib.replicated(mesh))()
-    if init_params is not None:
-        # Adam's initial state holds zeros and a count, not the parameters' values, so only
-        # the parameters change; a resumed run restores its own below.
-        params = jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params)
-        state = state._replace(params=params, ema=None if state.ema is None else params)
-    # One compiled inference for the run: each validation binds the current parameters to it.
-    inference = default_inference(meta, precision=recipe.precision)
-    denoiser = BatchDenoiser(meta.arch, meta.config, inference, mesh)
-
+    state = _initial_state(cfg, meta, recipe, tx, mesh)
+    denoiser = BatchDenoiser(meta.arch, meta.config, default_inference(meta, precision=recipe.precision), mesh)
     batches = training_batches(
         sources,
         crop=cfg.data.crop,
@@ -337,140 +157,119 @@ def _train(cfg: Config, workdir: Path) -> int:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    data_iter = batch_iterator(batches, cfg.data.workers)
     step_fn = jax.jit(
-        partial(train_step, graphdef, tx, schedule, recipe),
+        partial(train_step, registry.graphdef(meta.arch, meta.config), tx, schedule, recipe),
         out_shardings=meshlib.replicated(mesh),
         donate_argnums=0,
     )
+    data_iter = batch_iterator(batches, cfg.data.workers)
+    return Run(cfg, workdir, mesh, len(paths), val_dir, val, steps, meta, state, denoiser, data_iter, step_fn)
 
-    ckpt_dir = workdir / store.WORKDIR_CHECKPOINTS
+
+def _initial_state(cfg: Config, meta: CheckpointMeta, recipe: Recipe, tx: Any, mesh: jax.sharding.Mesh) -> TrainState:
+    """A fresh state, replicated over the mesh; with `model.init`, that checkpoint's parameters."""
+    init_params = initial_params(cfg.model.init, meta) if cfg.model.init else None
+    new_model = partial(registry.build, meta.arch, meta.config, cfg.seed)
+    state = jax.jit(partial(init_state, new_model, tx, cfg.seed, recipe), out_shardings=meshlib.replicated(mesh))()
+    if init_params is None:
+        return state
+    # Adam's initial state holds zeros and a count, not the parameters' values, so only the
+    # parameters change; a resumed run restores its own.
+    params = jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params)
+    return state._replace(params=params, ema=None if state.ema is None else params)
+
+
+def _resume_and_train(run: Run) -> int | None:
+    """Resumes from the newest step that restores (broken newer ones are set aside) and trains
+    to the last step; the signal's number if SIGTERM / SIGINT stopped it, else None."""
+    lead = jax.process_index() == 0
+    cfg, ckpt_dir = run.cfg, run.workdir / store.WORKDIR_CHECKPOINTS
     with (
-        checkpoint_manager(workdir, cfg.checkpoint.keep, track_best=val is not None) as mngr,
-        recovery.HeldErrors() as held,
+        checkpoints.checkpoint_manager(run.workdir, cfg.checkpoint.keep, track_best=run.val is not None) as mngr,
+        recovery.HeldErrors(),
     ):
-        # The newest step that restores; broken newer ones are set aside (recovery).
-        found = recovery.restore_latest_good(mngr, lambda step: _restore(mngr, step, state, data_iter, _scalar(0, mesh)))
-        start, (state, skipped) = found if found else (0, (state, 0))
+        zero = checkpoints.scalar(0, run.mesh)
+        found = recovery.restore_latest_good(mngr, lambda s: checkpoints.restore(mngr, s, run.state, run.data_iter, zero))
+        start, (run.state, skipped) = found if found else (0, (run.state, 0))
         if lead:
             print(
-                f"{cfg.name}: {len(paths)} training images, {steps_per_epoch} steps per epoch, "
-                f"{'resuming at' if start else 'starting at'} step {start} of {last_step}, "
-                f"{jax.device_count()} devices; workdir {workdir}",
+                f"{cfg.name}: {run.n_images} training images, {run.steps.per_epoch} steps per epoch, "
+                f"{'resuming at' if start else 'starting at'} step {start} of {run.steps.last}, "
+                f"{jax.device_count()} devices; workdir {run.workdir}",
                 flush=True,
             )
-        log = RunLog(workdir, start, last_step, lead)
-
-        def next_batch() -> jax.Array:
-            # A copy: Grain's batch lives in shared memory, which JAX on a CPU would otherwise
-            # keep mapped for as long as the array lives, past the iterator's close, so that
-            # the segment outlives the run (Python's resource tracker then warns of a leak).
-            return meshlib.shard_batch(np.array(next(data_iter)), mesh)
-
-        profiler = Profiler(cfg.train.profile_steps, workdir / PROFILE_DIR, lead)
-        preemption = Preemption(mesh)
-        skip = cfg.train.skip_nonfinite
-        stopped_at = None
-        # The step whose non-finite flag is still to read: read once the next step is
-        # dispatched, so that the host never waits for the devices between steps, and always
-        # before a log line or a checkpoint (no checkpoint ever holds a non-finite state).
-        unread: tuple[int, dict[str, jax.Array]] | None = None
-
-        def read_flag() -> None:
-            nonlocal unread, skipped
-            if unread is not None:
-                skipped += nonfinite.check(*unread, skip, mngr)
-                unread = None
-
+        log = RunLog(run.workdir, start, run.steps.last, lead)
+        profiler = Profiler(cfg.train.profile_steps, run.workdir / PROFILE_DIR, lead)
+        preemption = Preemption(run.mesh)
+        flag = nonfinite.DeferredFlag(cfg.train.skip_nonfinite, mngr, skipped)
         try:
-            batch = next_batch() if start < last_step else None
             with preemption:
-                for step in range(start + 1, last_step + 1):
-                    profiler.before(step)
-                    state, metrics = step_fn(state, batch)  # dispatched: the devices work from here on
-                    read_flag()
-                    unread = (step, metrics)
-                    stop = preemption.stop_now()
-                    checkpoint_now = step % save_every == 0 or step == last_step or stop
-                    if not checkpoint_now:
-                        # The next batch is read and sent to the devices while this step runs. Not
-                        # before a checkpoint, which records the data iterator after `step` batches.
-                        batch = next_batch()
-                    if step % cfg.log.every == 0 or step == last_step:
-                        read_flag()
-                        values = {k: float(v) for k, v in metrics.items() if k != "nonfinite"}
-                        if skip:
-                            values[nonfinite.SKIPPED] = skipped
-                        log.write(step, values, "train")
-                        log.progress(step, values)
-                    profiler.after(step, metrics)
-                    if checkpoint_now:
-                        read_flag()
-                        scores = None
-                        # A stop skips validation: the grace period is short, and the scores
-                        # change nothing that training does.
-                        if val and not stop:
-                            scores, rows = validation_scores(denoiser, served(state), val, cfg)
-                            log.write(step, scores, "val")
-                            log.images(step, rows)
-                        with recovery.save_errors(ckpt_dir):
-                            mngr.save(step, args=_save_args(state, meta, data_iter, _scalar(skipped, mesh)), metrics=scores)
-                        if stop:
-                            break
-                        if step < last_step:
-                            batch = next_batch()
-                read_flag()
+                _take_steps(run, start, mngr, log, profiler, preemption, flag)
+                flag.read()
                 with recovery.save_errors(ckpt_dir):
                     mngr.wait_until_finished()
-            if preemption.signum is not None:
-                # Also a signal during the last step's save: the final evaluation would outlast the grace period.
-                stopped_at = mngr.latest_step()
+            # Also a signal during the last step's save: the final evaluation would outlast the grace period.
+            stopped_at = None if preemption.signum is None else mngr.latest_step()
         finally:
             profiler.close()
             log.close()
-            data_iter.close()
-    if stopped_at is not None:
-        if lead:
-            name = signal.Signals(preemption.signum).name
-            print(f"{name}: stopped at step {stopped_at}, checkpoint saved in {ckpt_dir}; "
-                  "rerun the same command to resume", file=sys.stderr, flush=True)  # fmt: skip
-        return exit_status(preemption.signum)
-
-    return _final_evaluation(cfg, workdir, val_dir, denoiser, last_step, total_steps)
-
-
-def _final_evaluation(
-    cfg: Config, workdir: Path, val_dir: Path | None, denoiser: BatchDenoiser, last_step: int, total_steps: int
-) -> int:
-    """After the last step: `evaluate.py`'s own report on the best (else latest) checkpoint,
-    written to `EVAL_FILE`, and the closing lines; 0."""
-    lead = jax.process_index() == 0
-    if val_dir is None:
-        if not lead:
-            return 0
-        print(
-            "no validation set was given, so no checkpoint was scored and the latest is kept as the result; "
-            "to score during training, add --set val.dir=<folder of SIDD validation .mat files>"
-        )
-        _say_where(workdir, last_step, total_steps)
-        return 0
-    best = store.load_checkpoint(workdir)
-    report = sidd_eval.evaluate_validation(best, val_dir, denoiser.cfg, cfg.seed, cfg.val.batch_size, denoiser=denoiser)
-    if not lead:
-        return 0
-    report["training"] = {"steps": last_step, "of_steps": total_steps, "stopped_early": last_step < total_steps}
-    sidd_eval.write_json(workdir / EVAL_FILE, report)
-    print(f"step {best.step} (best by validation PSNR): {sidd_eval.summary_line(report)}")
-    _say_where(workdir, last_step, total_steps)
-    return 0
+            run.data_iter.close()
+    if stopped_at is None:
+        return None
+    if lead:
+        name = signal.Signals(preemption.signum).name
+        print(f"{name}: stopped at step {stopped_at}, checkpoint saved in {ckpt_dir}; "
+              "rerun the same command to resume", file=sys.stderr, flush=True)  # fmt: skip
+    return preemption.signum
 
 
-def _say_where(workdir: Path, last_step: int, total_steps: int) -> None:
-    """The closing lines: how far the run got, where its results are and how to use them."""
-    if last_step < total_steps:
-        print(
-            f"stopped early at step {last_step} of {total_steps} (--max-steps): the weights and any score are "
-            "those of a run cut short; rerun without --max-steps to finish it"
-        )
-    print(f"checkpoints: {workdir / store.WORKDIR_CHECKPOINTS}; logs: {workdir / METRICS_FILE}, {workdir / 'tb'}")
-    print(f"use them: python evaluate.py --ckpt {workdir} --input PHOTOS --output OUT")
+def _take_steps(
+    run: Run,
+    start: int,
+    mngr: ocp.CheckpointManager,
+    log: RunLog,
+    profiler: Profiler,
+    preemption: Preemption,
+    flag: nonfinite.DeferredFlag,
+) -> None:
+    """Steps start + 1 .. last, each checkpointed on schedule or when a stop is voted."""
+    steps = run.steps
+    batch = run.next_batch() if start < steps.last else None
+    for step in range(start + 1, steps.last + 1):
+        profiler.before(step)
+        run.state, metrics = run.step_fn(run.state, batch)  # dispatched: the devices work from here on
+        flag.defer(step, metrics)
+        stop = preemption.stop_now()
+        checkpoint_now = step % steps.save_every == 0 or step == steps.last or stop
+        if not checkpoint_now:
+            # The next batch is read and sent to the devices while this step runs. Not before a
+            # checkpoint, which records the data iterator after `step` batches.
+            batch = run.next_batch()
+        if step % run.cfg.log.every == 0 or step == steps.last:
+            flag.read()
+            values = {k: float(v) for k, v in metrics.items() if k != "nonfinite"}
+            if flag.skip:
+                values[nonfinite.SKIPPED] = flag.skipped
+            log.write(step, values, "train")
+            log.progress(step, values)
+        profiler.after(step, metrics)
+        if checkpoint_now:
+            flag.read()
+            _save_step(run, step, mngr, log, flag.skipped, validate=not stop)
+            if stop:
+                return
+            if step < steps.last:
+                batch = run.next_batch()
+
+
+def _save_step(run: Run, step: int, mngr: ocp.CheckpointManager, log: RunLog, skipped: int, validate: bool) -> None:
+    """Step `step`'s checkpoint, with its validation scores when validating. A stop skips
+    validation: the grace period is short, and the scores change nothing that training does."""
+    scores = None
+    if run.val and validate:
+        scores, rows = validation.validation_scores(run.denoiser, served(run.state), run.val, run.cfg)
+        log.write(step, scores, "val")
+        log.images(step, rows)
+    with recovery.save_errors(run.workdir / store.WORKDIR_CHECKPOINTS):
+        args = checkpoints.save_args(run.state, run.meta, run.data_iter, checkpoints.scalar(skipped, run.mesh))
+        mngr.save(step, args=args, metrics=scores)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from ambsn_jax.checkpoint import store
 from ambsn_jax.checkpoint.meta import CheckpointMeta
-from ambsn_jax.convert import torch_port
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig

@@ -11,8 +11,9 @@ import torch
 from ambsn_jax.checkpoint.meta import CheckpointMeta
 from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint, params_of, save_params
 from ambsn_jax.cli.convert import main_flax2torch
-from ambsn_jax.convert import flax2torch, torch_port
-from ambsn_jax.convert.reference import ReleaseDenoiser
+from ambsn_jax.checkpoint import torch_port
+from ambsn_jax.convert import flax2torch
+from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
 from ambsn_jax.nets.apbsn import APBSNConfig
@@ -35,7 +36,7 @@ ROUND_TRIPS = {
 
 def release_keys(config) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the release's Denoiser state dict for a network of `config`."""
-    ref = ReleaseDenoiser(bsn=registry.of_config(config).reference(config))
+    ref = ReleaseDenoiser(bsn=twin_of(config))
     return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
 
 
@@ -50,7 +51,7 @@ def assert_release_file(path: Path, config) -> None:
     sd = load_release(path)
     assert {k: tuple(v.shape) for k, v in sd.items()} == release_keys(config)
     assert all(v.dtype == torch.float32 and v.is_contiguous() for v in sd.values())
-    ReleaseDenoiser(bsn=registry.of_config(config).reference(config)).load_state_dict(sd, strict=True)
+    ReleaseDenoiser(bsn=twin_of(config)).load_state_dict(sd, strict=True)
 
 
 def test_demo_checkpoint_exports_and_verifies(tmp_path, capsys):

@@ -8,9 +8,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.checkpoint.store import load_checkpoint
-from ambsn_jax.convert import torch2flax, torch_port
-from ambsn_jax.nets import registry
+from ambsn_jax.convert import torch2flax
+from ambsn_jax.convert.reference import twin_of
 from ambsn_jax.nets.mmbsn import MMBSNConfig
 from tests.helpers import numpy_sd, write_pth
 
@@ -34,6 +35,6 @@ def test_convert_writes_what_it_returns(official_state_dict, tmp_path, capsys):
     want, _ = torch_port.params_from_state_dict(numpy_sd(official_state_dict(cfg)))
     jax.tree.map(np.testing.assert_array_equal, loaded.params, want)
     # torch counts the release's shared modules once, as the port holds them once.
-    want_count = sum(p.numel() for p in registry.get("mmbsn").reference(cfg).parameters())
+    want_count = sum(p.numel() for p in twin_of(cfg).parameters())
     assert torch2flax.parameter_count(written.params) == want_count
     assert "max abs diff vs the PyTorch reference (tolerance 0.005):" in capsys.readouterr().out

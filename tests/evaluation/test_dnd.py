@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import scipy.io
 
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation import dnd
-from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import postprocess
 from ambsn_jax.inference.tiling import denoise_image
 from tests.helpers import RELEASE, bound, evaluate, fake_dnd, no_temp_files

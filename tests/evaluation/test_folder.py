@@ -12,7 +12,7 @@ import pytest
 from ambsn_jax.data.images import read_image
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation import folder
-from ambsn_jax.evaluation.common import item_keys
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import postprocess
 from ambsn_jax.inference.tiling import denoise_image
 from ambsn_jax.ops.windows import Tiling

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pytest
 import scipy.io
 
 from ambsn_jax.evaluation import resume as resumelib

@@ -21,9 +21,10 @@ from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.convert.reference import ReleaseDenoiser
 from ambsn_jax.data.sidd import load_blocks, save_blocks_mat73
 from ambsn_jax.evaluation import sidd
-from ambsn_jax.evaluation.common import checkpoint_record, item_keys
+from ambsn_jax.evaluation.common import checkpoint_record
 from ambsn_jax.evaluation.sidd import VALIDATION_CLEAN, VALIDATION_NOISY
 from ambsn_jax.files import sha256_tree
+from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import InferenceConfig, postprocess
 from ambsn_jax.metrics import psnr, ssim
 from ambsn_jax.nets.ambsn import AMBSNConfig

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambsn_jax.checkpoint.store import params_of
-from ambsn_jax.inference.denoiser import BatchDenoiser, fold_in_each
+from ambsn_jax.inference.denoiser import BatchDenoiser
+from ambsn_jax.inference.keys import fold_in_each
 from ambsn_jax.inference.release import InferenceConfig, denoise
 from tests.helpers import RELEASE, bound, image, keys
 

@@ -15,7 +15,7 @@ from ambsn_jax.inference.release import pd_forward
 from ambsn_jax.nets import ambsn
 from ambsn_jax.nets.ambsn import AMBSN, AMBSNConfig
 from ambsn_jax.nets.masks import blind_spot_mask
-from tests.helpers import image, n_params
+from tests.helpers import assert_release_params, image, n_params
 
 RELEASE_PARAMS = 3_837_251
 
@@ -45,10 +45,7 @@ def to_state_dict(model: AMBSN) -> dict[str, torch.Tensor]:
 
 
 def test_parameter_count_is_the_release():
-    model = nnx.eval_shape(lambda: fresh_model(128))
-    assert n_params(model) == RELEASE_PARAMS
-    # torch counts a shared module once, as the port holds it once.
-    assert sum(p.numel() for p in reference.AMBSN(base_ch=128).parameters()) == RELEASE_PARAMS
+    assert_release_params(AMBSNConfig(), RELEASE_PARAMS)
 
 
 @pytest.mark.slow
@@ -110,5 +107,5 @@ def test_reference_refuses_configs_the_release_cannot_build():
     from ambsn_jax.errors import UserError
 
     with pytest.raises(UserError, match="not the release's"):
-        ambsn.reference(AMBSNConfig(base_ch=8, dcl1_num=1))
-    assert sum(p.numel() for p in ambsn.reference(AMBSNConfig(base_ch=8)).parameters()) == n_params(fresh_model(8))
+        reference.twin_of(AMBSNConfig(base_ch=8, dcl1_num=1))
+    assert sum(p.numel() for p in reference.twin_of(AMBSNConfig(base_ch=8)).parameters()) == n_params(fresh_model(8))

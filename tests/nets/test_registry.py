@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from ambsn_jax.checkpoint.store import params_of
+from ambsn_jax.convert.reference import twin_of
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
@@ -66,7 +67,7 @@ def test_am_bsn_key_map_covers_exactly_the_reference_state_dict():
     """AM-BSN's key list is its reference's (tests/convert/test_reference.py checks the rest)."""
     record = registry.get("ambsn")
     cfg = AMBSNConfig(base_ch=8)
-    sd = record.reference(cfg).state_dict()
+    sd = twin_of(cfg).state_dict()
     assert set(record.key_map(cfg)) | set(record.mask_map(cfg)) == set(sd)
     # The release's shared modules: two names, one parameter.
     names = record.key_map(cfg)
@@ -80,7 +81,7 @@ def test_build_makes_each_network_of_its_config(arch):
     model = registry.build(arch, cfg)
     assert type(model) is registry.get(arch).network and model.config == cfg
     # The parameter count is the release's network's, at this width.
-    assert n_params(model) == sum(p.numel() for p in registry.get(arch).reference(cfg).parameters())
+    assert n_params(model) == sum(p.numel() for p in twin_of(cfg).parameters())
     # A config dict builds the same network; the seed alone decides the weights.
     again = registry.build(arch, cfg.to_dict(), seed=0)
     jax.tree.map(np.testing.assert_array_equal, params_of(again), params_of(model))

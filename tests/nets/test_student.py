@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ambsn_jax.checkpoint.store import params_of
-from ambsn_jax.convert import torch_port
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.convert.flax2torch import params_to_state_dict
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry

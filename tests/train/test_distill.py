@@ -14,7 +14,7 @@ import pytest
 from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.cli.train import main as train_main
 from ambsn_jax.train import distill
-from ambsn_jax.train.loop import EVAL_FILE
+from ambsn_jax.train.validation import EVAL_FILE
 from tests.helpers import evaluate, one_error_line, run_main, write_images
 
 

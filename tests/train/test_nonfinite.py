@@ -15,7 +15,8 @@ from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.cli.train import main
 from ambsn_jax.nets import registry
 from ambsn_jax.train.config import OptimSection
-from ambsn_jax.train.loop import METRICS_FILE, checkpoint_manager
+from ambsn_jax.train.checkpoints import checkpoint_manager
+from ambsn_jax.train.runlog import METRICS_FILE
 from ambsn_jax.train.step import Recipe, init_state, lr_schedule, optimizer, train_step
 from tests.helpers import one_error_line, write_png
 

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from ambsn_jax.cli.train import main
-from ambsn_jax.train.loop import METRICS_FILE, checkpoint_manager
+from ambsn_jax.train.checkpoints import checkpoint_manager
+from ambsn_jax.train.runlog import METRICS_FILE
 from tests.helpers import ROOT, write_png
 
 STEPS = 12

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ambsn_jax.convert.keymap import FlaxPath, StateDict
+from ambsn_jax.nets.keymap import FlaxPath, StateDict
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
 

@@ -1,4 +1,4 @@
-"""State dicts <-> Flax parameters (ambsn_jax.convert.torch_port): prefixes, detection, configs."""
+"""State dicts <-> Flax parameters (ambsn_jax.checkpoint.torch_port): prefixes, detection, configs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.checkpoint.store import params_of
-from ambsn_jax.convert import torch_port
+from ambsn_jax.convert.reference import twin_of
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
@@ -44,7 +45,7 @@ def test_architecture_and_config_are_read_off_the_keys(arch):
     """The release's own key names for a non-default config of each network: detected, its
     widths and block counts inferred, the parameters those of the network mapped back."""
     cfg = CONFIGS[arch]
-    sd = numpy_sd(registry.get(arch).reference(cfg).state_dict())
+    sd = numpy_sd(twin_of(cfg).state_dict())
     assert torch_port.detect_arch(sd) == arch
     assert torch_port.infer_config(sd) == cfg
     params, typed = torch_port.params_from_state_dict({f"bsn.{k}": v for k, v in sd.items()})
