@@ -105,3 +105,40 @@ class TMBSN(nn.Module):
     def forward_outs(self, x: torch.Tensor, h_set: Sequence[int]) -> list[torch.Tensor]:
         feats = self.unet(self.rotations(x))
         return [self.head(feats, h) for h in h_set]
+
+    def forward_any(self, x: torch.Tensor, hole: int) -> torch.Tensor:
+        """The port's forward (`nets.tmbsn.TMBSN`) on any H x W: the backbone once on the 0 and
+        180 degree rotations and once on the 90 and 270 ones, which equals `forward` on a square
+        and needs no branch on the shape (the ONNX graphs take any size)."""
+        n = x.shape[0]
+        turned = x.transpose(2, 3)
+        upright = self.unet(torch.cat([x, x.flip(2).flip(3)], dim=0))
+        sideways = self.unet(torch.cat([turned.flip(3), turned.flip(2)], dim=0))
+        r0, r180, r90, r270 = (self.shifted(f, hole) for f in (upright[:n], upright[n:], sideways[:n], sideways[n:]))
+        z = torch.cat([r0, r90.transpose(2, 3).flip(2), r180.flip(2).flip(3), r270.transpose(2, 3).flip(3)], dim=1)
+        return self.nin_C(F.relu(self.nin_B(F.relu(self.nin_A(z)))))
+
+
+class OnScale(nn.Module):
+    """A twin as the port computes it: 0..255 in and out, any size, at one hole size."""
+
+    def __init__(self, twin: TMBSN, hole: int):
+        super().__init__()
+        self.twin, self.hole = twin, hole
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 255.0 * self.twin.forward_any(x / 255.0, self.hole)
+
+
+class PaddedPass(nn.Module):
+    """The release's benchmark pass around `net`: pad (reflected), run, crop back."""
+
+    def __init__(self, net: nn.Module, pad: int, mode: str = "reflect"):
+        super().__init__()
+        self.net, self.pad, self.mode = net, pad, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pad
+        if not p:
+            return self.net(x)
+        return self.net(F.pad(x, (p, p, p, p), mode=self.mode))[:, :, p:-p, p:-p]

@@ -4,32 +4,11 @@ no licence, so this repository neither ships nor fetches it)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
-
-import pytest
 import torch
 
 from ambsn_jax.convert.reference import twin_of
 from ambsn_jax.nets.tmbsn import TMBSNConfig
-from tests.helpers import spec_shapes
-
-RELEASE_ENV = "AMBSN_TMBSN_RELEASE"
-
-
-def release_module():
-    """The release's model/TMBSN.py as a module, or a skip saying how to get it."""
-    root = os.environ.get(RELEASE_ENV)
-    if not root:
-        pytest.skip(f"{RELEASE_ENV} is not set: point it at a checkout of the TM-BSN release to compare with its code")
-    path = Path(root) / "model" / "TMBSN.py"
-    if not path.is_file():
-        pytest.fail(f"{RELEASE_ENV}={root}: has no model/TMBSN.py")
-    spec = importlib.util.spec_from_file_location("tmbsn_release_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import spec_shapes, tmbsn_release
 
 
 def test_twin_has_the_release_keys():
@@ -40,7 +19,7 @@ def test_twin_has_the_release_keys():
 
 
 def test_twin_computes_the_release_on_random_weights():
-    release = release_module().TMBSN(in_channels=3, feat_channels=8, block_nums=2).eval()
+    release = tmbsn_release().TMBSN(in_channels=3, feat_channels=8, block_nums=2).eval()
     twin = twin_of(TMBSNConfig(base_ch=8, blocks=2)).eval()
     torch.manual_seed(0)
     # Random values everywhere, masked taps included, as the release's checkpoints hold them.
