@@ -81,11 +81,17 @@ def keys(n: int, seed: int = 0) -> jax.Array:
 
 def sidd_blocks(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) uint8 blocks of SIDD_SHAPE: smooth gradients, plus Gaussian noise of sigma 20."""
+    return sidd_blocks_of(*SIDD_SHAPE[2:4], seed)
+
+
+def sidd_blocks_of(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`sidd_blocks` of 2 images x 2 blocks of h x w."""
+    shape = (*SIDD_SHAPE[:2], h, w, 3)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: SIDD_SHAPE[2], : SIDD_SHAPE[3]]
-    base = 60 + 6 * yy[..., None] + 4 * xx[..., None] + rng.uniform(0, 40, (*SIDD_SHAPE[:2], 1, 1, 3))
+    yy, xx = np.mgrid[:h, :w]
+    base = 60 + 6 * yy[..., None] + 4 * xx[..., None] + rng.uniform(0, 40, (*shape[:2], 1, 1, 3))
     clean = np.clip(base, 0, 255).astype(np.uint8)
-    noisy = np.clip(clean + rng.normal(0, 20, SIDD_SHAPE), 0, 255).astype(np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 20, shape), 0, 255).astype(np.uint8)
     return noisy, clean
 
 
