@@ -24,7 +24,8 @@ Params = dict[str, Any]
 
 
 def _denoise_one(graphdef: nnx.GraphDef, cfg: InferenceConfig, params: Params, x: jax.Array, key: jax.Array) -> jax.Array:
-    run = partial(denoise, with_precision(nnx.merge(graphdef, params), cfg.precision), cfg=cfg)
+    net = with_precision(nnx.merge(graphdef, params), cfg.precision)
+    run = partial(denoise, net if cfg.hole is None else partial(net, hole=cfg.hole), cfg=cfg)
     with convolutions_in(cfg.precision):
         if cfg.self_ensemble:
             return self_ensemble(run, x[None], key)[0]
