@@ -66,8 +66,9 @@ class Batcher:
             self._thread.join()
 
     def depth(self) -> int:
-        """Jobs waiting, not counting the batch being run."""
-        return len(self._jobs)
+        """Jobs waiting (not given up on), not counting the batch being run."""
+        with self._cond:
+            return sum(not job.future.cancelled() for job in self._jobs)
 
     def submit(self, samples: np.ndarray, seed: int, index: int, timeout: float) -> Future:
         job = Job(samples, seed, index, time.monotonic() + timeout)

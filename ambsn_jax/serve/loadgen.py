@@ -21,7 +21,11 @@ def demo_png(height: int = 128, width: int = 128, seed: int = 0) -> bytes:
     from ambsn_jax.data.camera_noise import add_camera_noise
     from ambsn_jax.data.images import encode_png
 
-    clean = skimage.data.chelsea()[:height, :width]
+    photo = skimage.data.chelsea()  # 300 x 451: larger requests are refused, not padded
+    if height > photo.shape[0] or width > photo.shape[1]:
+        raise ValueError(f"the demo photo is {photo.shape[0]} x {photo.shape[1]}; ask for at most that")
+    top, left = (photo.shape[0] - height) // 2, (photo.shape[1] - width) // 2
+    clean = photo[top : top + height, left : left + width]
     return encode_png(add_camera_noise(clean, np.random.default_rng(seed)))
 
 

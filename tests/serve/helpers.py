@@ -8,7 +8,9 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.testclient import TestClient
@@ -21,10 +23,10 @@ from ambsn_jax.serve.limits import Limits
 TILING = Tiling(tile=64, overlap=16, batch=2)
 
 
-def wait_ready(get, timeout: float = 120.0) -> None:
-    """Polls GET /readyz through `get` until it answers 200."""
+def wait_ready(status: Callable[[str], int], timeout: float = 120.0) -> None:
+    """Polls GET /readyz until it answers 200; `status(path)` is a GET's status code."""
     deadline = time.monotonic() + timeout
-    while get("/readyz").status_code != 200:
+    while status("/readyz") != 200:
         assert time.monotonic() < deadline, "the service did not get ready"
         time.sleep(0.05)
 
@@ -33,7 +35,7 @@ def wait_ready(get, timeout: float = 120.0) -> None:
 def client_for(model: ImageDenoiser, limits: Limits = Limits(), token: str | None = None) -> Iterator[TestClient]:
     """An in-process client of a warmed-up service."""
     with TestClient(create_app(model, limits, token), raise_server_exceptions=False) as client:
-        wait_ready(client.get)
+        wait_ready(lambda path: client.get(path).status_code)
         yield client
 
 
@@ -62,13 +64,24 @@ class GatedDenoiser(ImageDenoiser):
 
     gate: threading.Event = dataclasses.field(default_factory=threading.Event)
     entered: threading.Event = dataclasses.field(default_factory=threading.Event)  # a call reached the gate
+    seeds: list = dataclasses.field(default_factory=list)  # each call's seeds, once through the gate
 
-    def batch(self, *args, **kwargs):
+    def batch(self, images, seeds, indices, float_max=1.0):
         self.entered.set()
         assert self.gate.wait(timeout=60), "the test never opened the gate"
-        return super().batch(*args, **kwargs)
+        self.seeds.append(list(seeds))
+        return super().batch(images, seeds, indices, float_max)
 
 
 def gated(model: ImageDenoiser) -> GatedDenoiser:
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
     return GatedDenoiser(**fields)
+
+
+def http_status(url: str) -> int:
+    """The status code of a GET of `url` (a live server's)."""
+    try:
+        with urllib.request.urlopen(url) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code

@@ -4,8 +4,10 @@ clear JSON refusal while the server keeps answering."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
+import urllib.request
 import zlib
 
 import cv2
@@ -17,7 +19,7 @@ import ambsn_jax
 from ambsn_jax.data.images import decode_samples, encode_png
 from ambsn_jax.serve.app import create_app
 from ambsn_jax.serve.limits import Limits
-from tests.serve.helpers import TILING, client_for, gated
+from tests.serve.helpers import TILING, client_for, gated, http_status, loopback, wait_ready
 
 H, W = 20, 24  # one network shape for every whole-image case: one compile
 
@@ -172,6 +174,33 @@ def test_a_full_queue_and_a_late_answer_are_refused_in_words(serve_model):
         first.join(), second.join()
         assert client.post("/v1/denoise", content=body).status_code == 200
         assert _depth(client) == 0
+
+
+def test_a_client_that_leaves_has_its_queued_job_dropped(serve_model):
+    model = gated(serve_model)
+    model.gate.set()
+    with loopback(create_app(model, Limits(max_batch=1))) as base:
+        wait_ready(lambda path: http_status(base + path))
+        model.gate.clear(), model.entered.clear()
+        body = _encode(_samples(np.uint8, 3), ".png")
+        first = threading.Thread(target=lambda: urllib.request.urlopen(urllib.request.Request(base + "/v1/denoise?seed=1", body)).read())
+        first.start()
+        assert model.entered.wait(timeout=30)
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as leaver:  # sends a whole request, then hangs up
+            leaver.sendall(b"POST /v1/denoise?seed=2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            _until(lambda: _metric(base, "ambsn_queue_depth") == 1)
+        _until(lambda: _metric(base, 'ambsn_errors_total{kind="client_disconnected"}') == 1)
+        assert _metric(base, "ambsn_queue_depth") == 0
+        model.gate.set()
+        first.join()
+        assert urllib.request.urlopen(urllib.request.Request(base + "/v1/denoise?seed=3", body)).status == 200
+        assert model.seeds[-2:] == [[1], [3]]  # seed 2 never ran
+
+
+def _metric(base: str, name: str) -> float:
+    text = urllib.request.urlopen(base + "/metrics").read().decode()
+    return next((float(li.rsplit(" ", 1)[1]) for li in text.splitlines() if li.startswith(name + " ")), 0.0)
 
 
 def _depth(client) -> int:
