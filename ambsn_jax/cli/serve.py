@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-bytes", type=_int_in(1), default=Limits.max_bytes, metavar="N", help="request body (%(default)s)")
     lim.add_argument("--max-pixels", type=_int_in(1), default=Limits.max_pixels, metavar="N", help="width x height (%(default)s)")
     lim.add_argument("--queue", type=_int_in(1), default=Limits.max_queue, metavar="N", help="images waiting; more get 503 (%(default)s)")
-    lim.add_argument("--max-batch", type=_int_in(1), default=Limits.max_batch, metavar="N", help="same-shape images per network call, 1: no batching (%(default)s)")
+    lim.add_argument(
+        "--max-batch", type=_int_in(1), metavar="N",
+        help=f"same-shape images per network call, 1: no batching (default: 1 on a CPU, where it measured no "
+        f"faster, docs/serve.md; {Limits.max_batch} on GPUs and TPUs)",
+    )  # fmt: skip
     lim.add_argument("--timeout", type=_int_in(1), default=int(Limits.timeout_s), metavar="S", help="seconds per request; later: 504 (%(default)s)")
     inf = p.add_argument_group("inference (as evaluate.py's)")
     inf.add_argument("--no-tta", action="store_true", help="PD-2 pass only (AM-BSN)")
@@ -59,6 +63,7 @@ def _serve(argv: Sequence[str] | None) -> int:
     if args.host not in _LOOPBACK and token is None:
         print(f"warning: listening on {args.host} without a token: anyone who reaches it can use it (--token)", file=sys.stderr)
     enable_compilation_cache()
+    import jax
     import uvicorn
 
     from ambsn_jax import api
@@ -68,7 +73,8 @@ def _serve(argv: Sequence[str] | None) -> int:
     switches = {} if args.precision is None else {"precision": args.precision}
     model = api.load(args.ckpt, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble, tiling=tiling, **switches)
     print(f"weights: {model.checkpoint.path} ({model.checkpoint.meta.architecture.display_name}); compiling, /readyz says when ready", file=sys.stderr)
-    limits = Limits(args.max_bytes, args.max_pixels, args.queue, args.max_batch, float(args.timeout))
+    max_batch = args.max_batch or (1 if jax.default_backend() == "cpu" else Limits.max_batch)
+    limits = Limits(args.max_bytes, args.max_pixels, args.queue, max_batch, float(args.timeout))
     uvicorn.run(create_app(model, limits, token), host=args.host, port=args.port, log_level="info")
     return 0
 

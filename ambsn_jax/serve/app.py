@@ -194,5 +194,4 @@ def create_app(model: ImageDenoiser, limits: Limits = Limits(), token: str | Non
     ]
     handlers = {RequestError: service.on_request_error, HTTPException: service.on_http_error, Exception: service.on_crash}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    app.state.service = service
     return service.metrics.count_requests(app)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import struct
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -85,3 +87,13 @@ def http_status(url: str) -> int:
             return response.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def png_declaring(width: int, height: int, payload: bytes = b"\x00") -> bytes:
+    """A gray 8-bit PNG whose header says width x height, holding `payload` compressed."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(payload)) + chunk(b"IEND", b"")

@@ -5,10 +5,8 @@ clear JSON refusal while the server keeps answering."""
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import urllib.request
-import zlib
 
 import cv2
 import numpy as np
@@ -19,7 +17,7 @@ import ambsn_jax
 from ambsn_jax.data.images import decode_samples, encode_png
 from ambsn_jax.serve.app import create_app
 from ambsn_jax.serve.limits import Limits
-from tests.serve.helpers import TILING, client_for, gated, http_status, loopback, wait_ready
+from tests.serve.helpers import TILING, client_for, gated, http_status, loopback, png_declaring, wait_ready
 
 H, W = 20, 24  # one network shape for every whole-image case: one compile
 
@@ -35,16 +33,6 @@ def _encode(samples: np.ndarray, ext: str) -> bytes:
     ok, data = cv2.imencode(ext, bgr)
     assert ok
     return data.tobytes()
-
-
-def _png(width: int, height: int, payload: bytes = b"\x00") -> bytes:
-    """A gray 8-bit PNG whose header says width x height, holding `payload` compressed."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(payload)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +89,7 @@ def test_the_page_is_served_without_external_resources(client):
     assert "http://" not in page.text and "https://" not in page.text  # works offline: no CDN
 
 
-_BOMB = _png(100_000, 100_000)  # 10 gigapixels declared in a ~60-byte file
+_BOMB = png_declaring(100_000, 100_000)  # 10 gigapixels declared in a ~60-byte file
 
 
 @pytest.mark.parametrize(
