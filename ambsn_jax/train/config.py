@@ -112,7 +112,7 @@ class LogSection:
 
 @dataclasses.dataclass(frozen=True)
 class DistillSection:
-    teacher: str | None  # blind-spot checkpoint (Orbax dir, workdir or .pth; "demo": the shipped demo weights) whose default inference the student learns; null: self-supervised training
+    teacher: str | None  # blind-spot checkpoint (Orbax dir, workdir or .pth; "demo": the shipped demo weights) whose default inference the student learns; "shots": the other noisy shot of each scene (Noise2Noise); null: self-supervised training
     targets_dir: str | None  # where the teacher's outputs of the training images are kept; null: <workdir>/teacher
 
 
