@@ -35,12 +35,14 @@ class InferenceConfig:
     self_ensemble: bool = False  # average over the 8 rotations / flips
     r3_batched: bool = False  # R3's T passes as one batch (more memory; on GPUs maybe faster) instead of in turn
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
+    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
         return {
             "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
             "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "precision": self.precision,
+            "winograd": self.winograd,
         }  # fmt: skip
 
 

@@ -70,6 +70,7 @@ class TrainSection:
     precision: str | None  # convolutions in highest, tf32 or bf16; null: the platform's default
     profile_steps: list[int] | None  # [a, b]: a jax.profiler trace of steps a..b in <workdir>/profile
     skip_nonfinite: bool  # a step with a non-finite loss, gradient or update is not applied (else training stops)
+    winograd: bool  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (false: XLA's everywhere)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from ambsn_jax.checkpoint.store import Params, params_of
 from ambsn_jax.inference.release import pd_forward
+from ambsn_jax.ops.conv import winograd
 from ambsn_jax.ops.precision import convolutions_in, default_precision, with_precision
 from ambsn_jax.train.config import Config, OptimSection
 
@@ -35,6 +36,7 @@ class Recipe:
     ema_decay: float | None  # of the served average of the weights; None: none kept
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
     distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
+    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
 
     @property
     def batch_channels(self) -> int:
@@ -46,7 +48,7 @@ class Recipe:
         t = cfg.train
         return cls(
             t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay,
-            t.skip_nonfinite, cfg.distill.teacher is not None,
+            t.skip_nonfinite, cfg.distill.teacher is not None, t.winograd,
         )  # fmt: skip
 
 
@@ -100,7 +102,7 @@ def l1_loss(
     themselves; with `recipe.distill`, L1 between the network's output on the noisy crops
     (channels 0..2) and the teacher's (3..5). The mean over all pixels either way."""
     net = with_precision(nnx.merge(graphdef, params), recipe.precision)
-    with convolutions_in(recipe.precision):
+    with convolutions_in(recipe.precision), winograd(recipe.winograd):
         if recipe.distill:
             noisy, target = jnp.split(batch, 2, axis=-1)
             return jnp.mean(jnp.abs(net(noisy) - target))
