@@ -37,12 +37,14 @@ class InferenceConfig:
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
     hole: int | None = None  # TM-BSN's hole size, passed to the network at every call; None: a network without one
     pad_mode: str = "constant"  # of the PD-1 pass's padding: TM-BSN's benchmark reflects
+    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
         options = {
             "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
             "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "precision": self.precision,
+            "winograd": self.winograd,
         }  # fmt: skip
         if self.hole is not None:  # TM-BSN's benchmark_sidd.py: --h, --pad (reflected)
             options |= {"h": self.hole, "pad": self.pd_pad, "pad_mode": self.pad_mode}

@@ -71,6 +71,7 @@ class TrainSection:
     precision: str | None  # convolutions in highest, tf32 or bf16; null: the platform's default
     profile_steps: list[int] | None  # [a, b]: a jax.profiler trace of steps a..b in <workdir>/profile
     skip_nonfinite: bool  # a step with a non-finite loss, gradient or update is not applied (else training stops)
+    winograd: bool  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (false: XLA's everywhere)
     hole: int | None = None  # TM-BSN's hole size in the training forward (its release: 5); null: a network without one
 
 

@@ -19,6 +19,7 @@ from flax import nnx
 
 from ambsn_jax.checkpoint.store import Params, params_of
 from ambsn_jax.inference.release import pd_forward
+from ambsn_jax.ops.conv import winograd
 from ambsn_jax.ops.precision import convolutions_in, default_precision, with_precision
 from ambsn_jax.train.config import Config, OptimSection
 
@@ -37,6 +38,7 @@ class Recipe:
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
     distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
     hole: int | None = None  # TM-BSN's hole size in the training forward; None: a network without one
+    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
 
     @property
     def batch_channels(self) -> int:
@@ -48,7 +50,7 @@ class Recipe:
         t = cfg.train
         return cls(
             t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay,
-            t.skip_nonfinite, cfg.distill.teacher is not None, t.hole,
+            t.skip_nonfinite, cfg.distill.teacher is not None, t.hole, t.winograd,
         )  # fmt: skip
 
 
@@ -123,7 +125,7 @@ def l1_loss(
     net = with_precision(nnx.merge(graphdef, params), recipe.precision)
     if recipe.hole is not None:
         net = partial(net, hole=recipe.hole)
-    with convolutions_in(recipe.precision):
+    with convolutions_in(recipe.precision), winograd(recipe.winograd):
         if recipe.distill:
             noisy, target = jnp.split(batch, 2, axis=-1)
             return jnp.mean(jnp.abs(net(noisy) - target))
