@@ -186,6 +186,18 @@ def test_a_client_that_leaves_has_its_queued_job_dropped(serve_model):
         assert model.seeds[-2:] == [[1], [3]]  # seed 2 never ran
 
 
+def test_a_client_that_leaves_mid_upload_costs_nothing(serve_model):
+    with loopback(create_app(serve_model)) as base:
+        wait_ready(lambda path: http_status(base + path))
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as leaver:
+            # 4 bytes of the 100,000 announced, then it hangs up.
+            leaver.sendall(b"POST /v1/denoise HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n\x89PNG")
+        _until(lambda: _metric(base, 'ambsn_errors_total{kind="client_disconnected"}') == 1)
+        body = _encode(_samples(np.uint8, 3), ".png")
+        assert urllib.request.urlopen(urllib.request.Request(base + "/v1/denoise", body)).status == 200
+        assert _metric(base, "ambsn_queue_depth") == 0
+
+
 def _metric(base: str, name: str) -> float:
     text = urllib.request.urlopen(base + "/metrics").read().decode()
     return next((float(li.rsplit(" ", 1)[1]) for li in text.splitlines() if li.startswith(name + " ")), 0.0)

@@ -82,3 +82,19 @@ def test_a_refusal_is_shown_in_words(serve_model, browser, tmp_path):
         WebDriverWait(browser, 60).until(lambda d: "Not denoised" in status.text)
         assert "the body is not a PNG, JPEG or TIFF image" in status.text
         assert "error" in status.get_attribute("class")
+
+
+def test_a_server_with_a_token_asks_for_it_and_then_answers(serve_model, browser, tmp_path):
+    image = tmp_path / "noisy.png"
+    image.write_bytes(demo_png(H, W))
+    with loopback(create_app(serve_model, token="s3cret")) as base:
+        wait_ready(lambda path: http_status(base + path))
+        browser.get(base + "/")
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.find_element(By.ID, "token-row").is_displayed())
+        assert "Authorization: Bearer" in browser.find_element(By.ID, "status").text
+        browser.find_element(By.ID, "token").send_keys("s3cret")
+        browser.find_element(By.ID, "retry").click()
+        wait.until(lambda d: d.find_element(By.ID, "download").is_displayed())
+        assert browser.find_element(By.ID, "status").text.startswith("Done in")
