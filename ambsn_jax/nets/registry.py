@@ -13,11 +13,11 @@ from typing import Any
 from flax import nnx
 
 from ambsn_jax.errors import UserError
-from ambsn_jax.nets import ambsn, apbsn, mmbsn, student
+from ambsn_jax.nets import ambsn, apbsn, mmbsn, nbsn, student
 from ambsn_jax.nets.architecture import Architecture
 
 ARCHITECTURES: dict[str, Architecture] = {
-    a.name: a for a in (ambsn.ARCHITECTURE, apbsn.ARCHITECTURE, mmbsn.ARCHITECTURE, student.ARCHITECTURE)
+    a.name: a for a in (ambsn.ARCHITECTURE, apbsn.ARCHITECTURE, mmbsn.ARCHITECTURE, student.ARCHITECTURE, nbsn.ARCHITECTURE)
 }
 
 
