@@ -2,7 +2,8 @@
 
 The file holds the release's container `{'model_weight': {'denoiser': sd}}` with the release's
 keys for the checkpoint's architecture: `bsn.` prefixes, both names of every shared module, the
-masked convs' `.mask` buffers; float32, OIHW, contiguous. It is written beside the output under
+masked convs' `.mask` buffers; float32, OIHW, contiguous. A release whose code loads the bare
+state dict (NBSN: `Architecture.release_pth`) gets that instead, its keys without `bsn.`. It is written beside the output under
 a temporary name, read back with `torch.load(weights_only=True)`, loaded into the reference with
 `strict=True` and compared with the JAX model (bsn, PD-2 and PD-5 forward); only then is it
 renamed into place (docs/export.md).
@@ -57,10 +58,14 @@ def params_to_state_dict(params: Params, config: Any) -> dict[str, np.ndarray]:
     return sd
 
 
-def save_pth(path: str | Path, state_dict: dict[str, np.ndarray]) -> None:
-    """Write `state_dict` in the release's container, as plain tensors `weights_only` loads."""
+def save_pth(path: str | Path, state_dict: dict[str, np.ndarray], bare: bool = False) -> None:
+    """Write `state_dict` in the release's container, or `bare` (keys without `bsn.`), as plain
+    tensors `weights_only` loads."""
     import torch
 
+    if bare:
+        torch.save({k.removeprefix(PREFIX): torch.from_numpy(v) for k, v in state_dict.items()}, path)
+        return
     container = {"model_weight": {"denoiser": {k: torch.from_numpy(v) for k, v in state_dict.items()}}}
     torch.save(container, path)
 
@@ -93,7 +98,7 @@ def export_pth(ckpt: str | Path, out: str | Path, force: bool = False, tolerance
     config = checkpoint.meta.network_config()
     state_dict = params_to_state_dict(checkpoint.params, config)
     with atomic_path(out) as tmp:
-        save_pth(tmp, state_dict)
+        save_pth(tmp, state_dict, bare=registry.of_config(config).release_pth == "bare")
         # What a user of the release will load: the file itself, read as untrusted input.
         written = torch_port.read_pth(tmp)
         try:

@@ -3,8 +3,8 @@
 
 Its module names are the release's (`enc1.conv`, ..., `dec5_2.conv`, ..., `dec1_1`), so its
 `load_state_dict(strict=True)` takes the release's `.pth`; `unit` is the release's forward on
-x / 255, and `forward` wraps it as every twin here: 0..255 in and out, any size (padded by edge
-replication to a multiple of 2**depth, then cropped back), as the JAX port.
+x / 255 (at any size as the JAX port: `ceil_mode` pooling, the upsampled map cropped to its
+skip), and `forward` wraps it as every twin here: 0..255 in and out.
 """
 
 from __future__ import annotations
@@ -48,15 +48,13 @@ class NBSN(nn.Module):
         f = self.enc1(x)
         for i in range(2, self.depth + 2):
             skips.append(f)
-            f = getattr(self, f"enc{i}")(F.max_pool2d(f, 2))
+            f = getattr(self, f"enc{i}")(F.max_pool2d(f, 2, ceil_mode=True))
         for i in range(self.depth, 0, -1):
-            up = F.interpolate(f, scale_factor=2, mode="nearest")
-            f = getattr(self, f"dec{i}_2")(torch.cat([up, skips[i - 1]], dim=1))
+            skip = skips[i - 1]
+            up = F.interpolate(f, scale_factor=2, mode="nearest")[:, :, : skip.shape[2], : skip.shape[3]]
+            f = getattr(self, f"dec{i}_2")(torch.cat([up, skip], dim=1))
             f = getattr(self, f"dec{i}_1")(f)
         return f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        m = 2**self.depth
-        x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
-        return (255.0 * self.unit(x / 255.0))[:, :, :h, :w]
+        return 255.0 * self.unit(x / 255.0)

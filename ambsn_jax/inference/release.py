@@ -35,12 +35,16 @@ class InferenceConfig:
     self_ensemble: bool = False  # average over the 8 rotations / flips
     r3_batched: bool = False  # R3's T passes as one batch (more memory; on GPUs maybe faster) instead of in turn
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
+    # Reflection padding of the whole input around everything above, cropped after: the NBSN
+    # release's benchmark pads by 16 (its `--pad`); 0 for the other networks.
+    reflect_pad: int = 0
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
         return {
             "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
             "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "precision": self.precision,
+            **({"pad": self.reflect_pad} if self.reflect_pad else {}),
         }  # fmt: skip
 
 
@@ -54,10 +58,12 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
     The precision defaults to the platform's (`ops.precision.default_precision`).
     """
+    record = meta.architecture
     release = InferenceConfig(
-        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta, precision=default_precision()
-    )
-    if not meta.architecture.blind_spot:
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision(),
+        reflect_pad=record.release_reflect_pad,
+    )  # fmt: skip
+    if not record.blind_spot:
         release = dataclasses.replace(release, pd_b=1, r3=False)
     cfg = dataclasses.replace(release, **switches)
     return dataclasses.replace(cfg, tta=cfg.tta and release.tta, r3=cfg.r3 and release.r3)
@@ -100,6 +106,10 @@ def denoise(
     R3 draws its masks from `key`, or takes them explicitly through `masks` (shape
     `(cfg.r3_t, *x_r3.shape)` where x_r3 is x, padded to a multiple of pd_b when TTA is off).
     """
+    if cfg.reflect_pad:
+        p = cfg.reflect_pad
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        return _crop(denoise(net, x, key, dataclasses.replace(cfg, reflect_pad=0), masks), p)
     h, w = x.shape[1:3]
     if cfg.tta:
         a = pd_forward(net, _pad_to_multiple(x, cfg.pd_b), cfg.pd_b, cfg.pd_pad)

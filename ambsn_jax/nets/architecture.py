@@ -35,3 +35,9 @@ class Architecture:
     # False for a network that sees every pixel (the distilled student): its default inference
     # is one pass of the network, without PD, fusion or R3.
     blind_spot: bool = True
+    # The release's inference reflects this many pixels around the input first and crops them
+    # after (NBSN's benchmark: 16); 0: none.
+    release_reflect_pad: int = 0
+    # How the release's own code loads its .pth: "container" ({'model_weight': {'denoiser': sd}},
+    # keys `bsn.*`) or "bare" (the network's own state dict, `load_state_dict(torch.load(f))`).
+    release_pth: str = "container"

@@ -5,7 +5,9 @@ Five 2x2 max-pool levels, one 3x3 conv + LeakyReLU(0.1) per level on the way dow
 channels, two per level on the way up at 2C = 96, each up step nearest 2x upsampling and a
 concatenation with the skip; the last conv is linear. The release runs it on x / 255 and only on
 sizes that divide by 2**5; this port takes 0..255 like every network of the family (it scales
-inside) and any size (docs/nbsn.md, "Sizes").
+inside) and any size: an odd side is pooled as PyTorch's `ceil_mode` does (the last row's max
+over the one row there is) and the upsampled map cropped to its skip's size (docs/nbsn.md,
+"Sizes"). On sizes that divide by 2**depth this is the release's network exactly.
 """
 
 from __future__ import annotations
@@ -56,21 +58,23 @@ def _act(x: jax.Array) -> jax.Array:
 
 
 def _pool(x: jax.Array) -> jax.Array:
-    """2x2 max pooling (sides even: the input is padded to a multiple of 2**depth)."""
+    """2x2 max pooling; an odd side gets a window of the one row (column) left (`ceil_mode`)."""
     n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    # -inf never wins a max, and every window holds at least one pixel.
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+    return x.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2, c).max(axis=(2, 4))
 
 
-def _unpool(x: jax.Array) -> jax.Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+def _unpool(x: jax.Array, like: jax.Array) -> jax.Array:
+    """Nearest 2x upsampling, cropped to the skip `like` (one row less after an odd side)."""
+    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return up[:, : like.shape[1], : like.shape[2]]
 
 
 class NBSN(nnx.Module):
     """The release's `N_BSN` on the 0..255 scale: out = 255 * unet(x / 255).
 
     `enc[i]` is the release's `enc{i+1}`; `dec[i]` holds its `dec{i+1}_2` and `dec{i+1}_1`.
-    Sides that do not divide by 2**depth are padded at the bottom and right by edge replication
-    and the output cropped back; on sizes that do (the release's), nothing is padded.
     """
 
     def __init__(self, config: NBSNConfig = NBSNConfig(), *, rngs: nnx.Rngs):
@@ -88,9 +92,6 @@ class NBSN(nnx.Module):
         )  # fmt: skip
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h, w = x.shape[1:3]
-        m = 2**self.config.depth
-        x = jnp.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)), mode="edge")
         f = _act(self.enc[0](x / 255.0))
         skips = []
         for layer in self.enc[1:]:
@@ -98,10 +99,10 @@ class NBSN(nnx.Module):
             f = _act(layer(_pool(f)))
         for i in reversed(range(self.config.depth)):
             second, first = self.dec[i]
-            f = second(jnp.concatenate([_unpool(f), skips[i]], axis=-1))
+            f = second(jnp.concatenate([_unpool(f, skips[i]), skips[i]], axis=-1))
             f = first(_act(f))
             f = f if i == 0 else _act(f)  # the release's dec1_1 is linear
-        return 255.0 * f[:, :h, :w]
+        return 255.0 * f
 
 
 def _torch_name(kind: str, i: int, j: int = 0) -> str:
@@ -123,7 +124,7 @@ def key_map(cfg: NBSNConfig) -> km.KeyMap:
     names: km.KeyMap = {}
     for i in range(cfg.depth + 1):
         names |= km.conv_names(_torch_name("enc", i), ("enc", i))
-    for i in range(cfg.depth):
+    for i in reversed(range(cfg.depth)):  # the release's order: dec5_2, dec5_1, ..., dec1_1
         for j in range(2):
             names |= km.conv_names(_torch_name("dec", i, j), ("dec", i, j))
     return names
@@ -147,4 +148,6 @@ ARCHITECTURE = Architecture(
     release_train_pd=1,
     release_pd_pad=0,
     blind_spot=False,
+    release_reflect_pad=16,
+    release_pth="bare",
 )

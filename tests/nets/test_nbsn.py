@@ -29,7 +29,7 @@ RELEASE = os.environ.get("AMBSN_TMBSN_RELEASE")
 
 @pytest.mark.parametrize("shape", [(1, 13, 22), (2, 8, 12)])
 def test_matches_its_pytorch_twin_at_any_size(flax_model, reference, assert_parity, rng, shape):
-    """13 x 22 is no multiple of 2**depth (edge padding, crop back); 8 x 12 is one."""
+    """13 x 22 is no multiple of 2**depth (ceil-mode pooling, upsampled maps cropped); 8 x 12 is one."""
     model, ref = flax_model(SMALL), reference(SMALL)
     x = image(rng, *shape)
     forward = jax.jit(lambda v: model(v))
