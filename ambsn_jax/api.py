@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
-from ambsn_jax.data.images import from_network, to_network
+from ambsn_jax.data.images import ImageInfo, from_network, to_network
 from ambsn_jax.errors import UserError
 from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.denoiser import BatchDenoiser
 from ambsn_jax.inference.release import InferenceConfig, default_inference
-from ambsn_jax.inference.tiling import denoise_image
+from ambsn_jax.inference.tiling import denoise_images
 from ambsn_jax.ops.windows import Tiling
 
 
@@ -40,19 +42,46 @@ class ImageDenoiser:
     def __call__(self, image: np.ndarray, seed: int = 0, index: int = 0, float_max: float = 1.0) -> np.ndarray:
         """`image` denoised. Its R3 randomness comes from `seed` and `index` alone: the command
         line draws image i of a folder (sorted by name) from index i, and a single file from 0."""
-        image = np.asarray(image)
-        samples, scale = _as_samples(image, float_max)
-        rgb, info = to_network(samples, "the array")
-        key = item_keys(seed, [index])[0]
-        out = denoise_image(self._denoiser.bind(self.checkpoint.params), rgb, key, self.tiling)
-        if scale is None:
-            return from_network(out, info)
-        # Floats keep the network's unrounded output, on their own scale.
-        values = np.clip(out, 0.0, 255.0) * np.float32(scale / 255.0)
-        values = values.mean(axis=2) if info.mode == "gray" else values
-        if info.mode == "rgba":
-            values = np.dstack([values, image[:, :, 3]])
-        return values.reshape(image.shape).astype(image.dtype)
+        return self.batch([image], [seed], [index], float_max)[0]
+
+    def batch(
+        self, images: Sequence[np.ndarray], seeds: Sequence[int], indices: Sequence[int], float_max: float = 1.0
+    ) -> list[np.ndarray]:
+        """Images of one shape and dtype, image i denoised as `self(images[i], seeds[i],
+        indices[i])` returns it. Those up to a tile go through the network in one call, its
+        items spread over the devices: what a server does with concurrent requests."""
+        arrays = [np.asarray(image) for image in images]
+        if len({(a.shape, a.dtype) for a in arrays}) != 1 or not len(arrays) == len(seeds) == len(indices):
+            raise ValueError("batch takes one or more images of one shape and dtype, and a seed and index for each")
+        samples = [_as_samples(a, float_max) for a in arrays]
+        network = [to_network(s, "the array") for s, _ in samples]
+        keys = jnp.concatenate([item_keys(seed, [index]) for seed, index in zip(seeds, indices)])
+        bound = self._denoiser.bind(self.checkpoint.params)
+        outs = denoise_images(bound, np.stack([rgb for rgb, _ in network]), keys, self.tiling)
+        return [_restore(o, a, info, scale) for o, a, (_, info), (_, scale) in zip(outs, arrays, network, samples)]
+
+    @property
+    def devices(self) -> int:
+        """How many devices a call spreads its images (or tiles) over."""
+        return self._denoiser.devices
+
+    def compile_tiles(self) -> None:
+        """Compiles now, rather than on first use, the one program that every image larger than
+        a tile runs (a call of `tiling.batch` tiles per device): for a server's warm-up."""
+        shape = (self.tiling.batch * self._denoiser.local_devices(), self.tiling.tile, self.tiling.tile, 3)
+        self._denoiser.bind(self.checkpoint.params).compile(shape)
+
+
+def _restore(out: np.ndarray, image: np.ndarray, info: ImageInfo, scale: float | None) -> np.ndarray:
+    """The network's output for `image` in `image`'s own form (shape, dtype, alpha)."""
+    if scale is None:
+        return from_network(out, info)
+    # Floats keep the network's unrounded output, on their own scale.
+    values = np.clip(out, 0.0, 255.0) * np.float32(scale / 255.0)
+    values = values.mean(axis=2) if info.mode == "gray" else values
+    if info.mode == "rgba":
+        values = np.dstack([values, image[:, :, 3]])
+    return values.reshape(image.shape).astype(image.dtype)
 
 
 def _as_samples(image: np.ndarray, float_max: float) -> tuple[np.ndarray, float | None]:

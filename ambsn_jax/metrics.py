@@ -2,12 +2,13 @@
 
 `ssim` (7x7 uniform window) is the release's and the headline number; `ssim_gaussian` is the
 Gaussian-window SSIM of Wang et al. (2004), which many papers report instead, so that numbers
-from either convention can be compared.
+from either convention can be compared; `ssim_y` is TM-BSN's release's (the luma channel alone).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
@@ -38,3 +39,11 @@ def ssim_gaussian(clean: np.ndarray, test: np.ndarray) -> float:
             gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
         )
     )  # fmt: skip
+
+
+def ssim_y(clean: np.ndarray, test: np.ndarray) -> float:
+    """TM-BSN's release's SSIM (its `ssim_y_channel`): Y of scikit-image's `rgb2ycbcr` (16..235)
+    of the uint8 images, 11x11 Gaussian window of sigma 1.5, sample covariance."""
+    # rgb2ycbcr reads floats as 0..1: the release hands it uint8, and so is it here.
+    y_clean, y_test = (rgb2ycbcr(np.clip(np.round(a), 0, 255).astype(np.uint8))[..., 0] for a in _pair(clean, test))
+    return float(structural_similarity(y_test, y_clean, data_range=255, win_size=11, gaussian_weights=True, sigma=1.5))

@@ -1,5 +1,6 @@
 """JAX vs the PyTorch reference of the release, side by side on this machine, for every network
-of the family (AM-BSN, AP-BSN, MM-BSN).
+of the family (AM-BSN, AP-BSN, MM-BSN, TM-BSN; TM-BSN's side is its release's own code where
+AMBSN_TMBSN_RELEASE names a checkout, else its twin: bench/tmbsn_torch.py).
 
     python bench/bench.py [--arch ambsn apbsn mmbsn] [--only CASE ...] [--repeats N] [--json PATH]
 
@@ -149,7 +150,6 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
 
 def run_torch(case: str, arch: str, repeats: int) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 
@@ -164,6 +164,11 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     if case == "onnx256":
         return _onnxruntime_forward(arch, repeats)
     record = registry.get(arch)
+    if "hole" in record.release_inference:  # TM-BSN: its release's code, on 0..1 (bench/tmbsn_torch.py)
+        from tmbsn_torch import case_fn
+
+        fn, code = case_fn(case, _side(case), TRAIN_BATCH, TRAIN_CROP, device, sync)
+        return _counted(fn, repeats) | {"code": code}
     net = ReleaseDenoiser(bsn=twin_of(record.config()), tta=record.release_tta).to(device)
     if case == "train_step":
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -186,6 +191,14 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
             forward(x)
             sync()
 
+    return _counted(fn, repeats)
+
+
+def _counted(fn: Callable[[], None], repeats: int) -> dict:
+    """`_timed`, its first call counting the FLOPs (and the GPU's peak memory where one ran)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
 
     def counted():
@@ -194,7 +207,7 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
 
     r = _timed(fn, repeats, first_call=counted)
     r["flops"] = counter.get_total_flops()
-    if device == "cuda":
+    if torch.cuda.is_available():
         r["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return r
 

@@ -81,11 +81,17 @@ def keys(n: int, seed: int = 0) -> jax.Array:
 
 def sidd_blocks(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) uint8 blocks of SIDD_SHAPE: smooth gradients, plus Gaussian noise of sigma 20."""
+    return sidd_blocks_of(*SIDD_SHAPE[2:4], seed)
+
+
+def sidd_blocks_of(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`sidd_blocks` of 2 images x 2 blocks of h x w."""
+    shape = (*SIDD_SHAPE[:2], h, w, 3)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: SIDD_SHAPE[2], : SIDD_SHAPE[3]]
-    base = 60 + 6 * yy[..., None] + 4 * xx[..., None] + rng.uniform(0, 40, (*SIDD_SHAPE[:2], 1, 1, 3))
+    yy, xx = np.mgrid[:h, :w]
+    base = 60 + 6 * yy[..., None] + 4 * xx[..., None] + rng.uniform(0, 40, (*shape[:2], 1, 1, 3))
     clean = np.clip(base, 0, 255).astype(np.uint8)
-    noisy = np.clip(clean + rng.normal(0, 20, SIDD_SHAPE), 0, 255).astype(np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 20, shape), 0, 255).astype(np.uint8)
     return noisy, clean
 
 
@@ -227,3 +233,26 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (36, 44), see
         cv2.imwrite(str(path), np.clip(image * 3 - 255, 0, 255).astype(np.uint8))
         paths.append(path)
     return paths
+
+
+TMBSN_RELEASE_ENV = "AMBSN_TMBSN_RELEASE"
+
+
+def tmbsn_release():
+    """The TM-BSN release's model/TMBSN.py as a module, from the checkout that AMBSN_TMBSN_RELEASE
+    names, or a skip saying so (the release has no licence: this repository neither ships nor
+    fetches its code)."""
+    import importlib.util
+
+    import pytest
+
+    root = os.environ.get(TMBSN_RELEASE_ENV)
+    if not root:
+        pytest.skip(f"{TMBSN_RELEASE_ENV} is not set: point it at a checkout of the TM-BSN release to compare with its code")
+    path = Path(root) / "model" / "TMBSN.py"
+    if not path.is_file():
+        pytest.fail(f"{TMBSN_RELEASE_ENV}={root}: has no model/TMBSN.py")
+    spec = importlib.util.spec_from_file_location("tmbsn_release_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -128,3 +128,12 @@ def test_load_and_denoise_say_nothing(capfd):
     out = dn(_rgb(np.uint8))
     assert out.shape == (H, W, 3) and dn.cfg.tta is False and dn.cfg.r3 is False
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_batch_gives_each_image_its_own_call_s_pixels(denoiser):
+    a, b = _rgb(np.uint8, seed=7), _rgb(np.uint8, seed=8)
+    together = denoiser.batch([a, b], seeds=[1, 2], indices=[0, 3])
+    np.testing.assert_array_equal(together[0], denoiser(a, seed=1, index=0))
+    np.testing.assert_array_equal(together[1], denoiser(b, seed=2, index=3))  # R3 draws: its own seed and index
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        denoiser.batch([a, a[:10]], seeds=[0, 0], indices=[0, 0])

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         "default tf32 on GPUs, as PyTorch runs the releases there, highest elsewhere. PSNR cost in bench/NOTES.md",
     )  # fmt: skip
     inf.add_argument(
+        "--no-winograd", action="store_true",
+        help="XLA's convolutions on CPUs too (by default 3x3 / 5x5 convolutions run by Winograd's algorithm there)",
+    )  # fmt: skip
+    inf.add_argument(
         "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
         help="R3 randomness; an item's draws depend only on this and its index (default 0)",
     )  # fmt: skip
@@ -176,7 +180,8 @@ def _inference_config(args: argparse.Namespace, checkpoint: Any):
 
     precision = {} if args.precision is None else {"precision": args.precision}
     return default_inference(
-        checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble, **precision
+        checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble,
+        winograd=not args.no_winograd, **precision
     )
 
 

@@ -1,9 +1,9 @@
 """A checkpoint's parameters -> the release's `.pth`, verified against its PyTorch network.
 
-The file holds the release's container `{'model_weight': {'denoiser': sd}}` with the release's
-keys for the checkpoint's architecture: `bsn.` prefixes, both names of every shared module, the
-masked convs' `.mask` buffers; float32, OIHW, contiguous. A release whose code loads the bare
-state dict (NBSN: `Architecture.release_pth`) gets that instead, its keys without `bsn.`. It is written beside the output under
+The file holds the release's container `{'model_weight': {'denoiser': sd}}` (TM-BSN, NBSN: the
+bare state dict their release loads) with the release's keys for the checkpoint's architecture: `bsn.`
+prefixes (not theirs), both names of every shared module, the
+masked convs' `.mask` buffers; float32, OIHW, contiguous. It is written beside the output under
 a temporary name, read back with `torch.load(weights_only=True)`, loaded into the reference with
 `strict=True` and compared with the JAX model (bsn, PD-2 and PD-5 forward); only then is it
 renamed into place (docs/export.md).
@@ -29,7 +29,8 @@ PREFIX = "bsn."
 
 
 def params_to_state_dict(params: Params, config: Any) -> dict[str, np.ndarray]:
-    """The release's state dict (keys `bsn.*`) holding `params` of a network of typed `config`.
+    """The release's state dict (keys `bsn.*`; bare keys for a release that saves a bare state
+    dict, TM-BSN's) holding `params` of a network of typed `config`.
 
     A shared module is written under both of its torch names. Masked kernels get zeros at
     their blind taps whatever the Flax kernel holds there (a network trained here keeps its
@@ -39,6 +40,7 @@ def params_to_state_dict(params: Params, config: Any) -> dict[str, np.ndarray]:
     record = registry.of_config(config)
     flat = {path: np.asarray(v) for path, v in nnx.traversals.flatten_mapping(params).items()}
     masks = record.mask_map(config)
+    prefix = "" if record.bare_state_dict else PREFIX
     sd: dict[str, np.ndarray] = {}
     for key, path in record.key_map(config).items():
         value = flat[path]
@@ -50,24 +52,21 @@ def params_to_state_dict(params: Params, config: Any) -> dict[str, np.ndarray]:
                 value = np.where(masks[mask_key][1][:, :, None, None] != 0, value, np.float32(0))
             value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
         # A copy: arrays viewed from JAX buffers are read-only, which torch.from_numpy warns about.
-        sd[PREFIX + key] = np.array(value, dtype=np.float32, order="C")
+        sd[prefix + key] = np.array(value, dtype=np.float32, order="C")
         if key.endswith(".bias") and mask_key in masks:
             # After weight and bias, where the release's module registers its buffer.
-            weight = sd[f"{PREFIX}{conv}.weight"]
-            sd[PREFIX + mask_key] = np.array(np.broadcast_to(masks[mask_key][1], weight.shape), np.float32, order="C")
+            weight = sd[f"{prefix}{conv}.weight"]
+            sd[prefix + mask_key] = np.array(np.broadcast_to(masks[mask_key][1], weight.shape), np.float32, order="C")
     return sd
 
 
 def save_pth(path: str | Path, state_dict: dict[str, np.ndarray], bare: bool = False) -> None:
-    """Write `state_dict` in the release's container, or `bare` (keys without `bsn.`), as plain
-    tensors `weights_only` loads."""
+    """Write `state_dict` in the release's container (`bare`: as it is, as TM-BSN's release saves
+    it), as plain tensors `weights_only` loads."""
     import torch
 
-    if bare:
-        torch.save({k.removeprefix(PREFIX): torch.from_numpy(v) for k, v in state_dict.items()}, path)
-        return
-    container = {"model_weight": {"denoiser": {k: torch.from_numpy(v) for k, v in state_dict.items()}}}
-    torch.save(container, path)
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    torch.save(tensors if bare else {"model_weight": {"denoiser": tensors}}, path)
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -98,7 +97,7 @@ def export_pth(ckpt: str | Path, out: str | Path, force: bool = False, tolerance
     config = checkpoint.meta.network_config()
     state_dict = params_to_state_dict(checkpoint.params, config)
     with atomic_path(out) as tmp:
-        save_pth(tmp, state_dict, bare=registry.of_config(config).release_pth == "bare")
+        save_pth(tmp, state_dict, bare=registry.of_config(config).bare_state_dict)
         # What a user of the release will load: the file itself, read as untrusted input.
         written = torch_port.read_pth(tmp)
         try:

@@ -2,7 +2,8 @@
 
 `export_onnx` writes `model.onnx`, the blind-spot network alone, and `model_denoise.onnx`, the release's
 PD inference without R3: PD-2 / PD-5 fusion for AM-BSN, PD 2 for AP-BSN and MM-BSN
-(`inference.default_inference`). Both take `x`, float32 NCHW on the 0..255 scale, of any
+(`inference.default_inference`); TM-BSN's network at the default inference's hole size and its
+release's reflect-padded benchmark pass. Both take `x`, float32 NCHW on the 0..255 scale, of any
 batch, height and width, and return `y` of the same shape; the PD graph pads to the PD factor
 inside and crops back. R3 is a loop around the network graph (docs/export.md).
 
@@ -122,12 +123,30 @@ def export_graph(module: "torch.nn.Module", path: Path) -> None:
     program.save(str(path))
 
 
+def _hole_modules(params: Any, config: Any, cfg: InferenceConfig) -> tuple["torch.nn.Module", "torch.nn.Module"]:
+    """TM-BSN's graphs: the network at the inference's hole size, on 0..255 and any size, and
+    the release's benchmark pass around it (padding reflected)."""
+    import torch
+
+    from ambsn_jax.convert.reference import twin_of
+    from ambsn_jax.convert.reference_tmbsn import OnScale, PaddedPass
+
+    twin = twin_of(config)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in params_to_state_dict(params, config).items()}, strict=True)
+    net = OnScale(twin.eval(), cfg.hole).eval()
+    return net, PaddedPass(net, cfg.pd_pad, cfg.pad_mode).eval()
+
+
 def export_graphs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Path) -> None:
     """Write the network graph and the PD-inference graph of `checkpoint` (no verification)."""
     cfg = pd_inference(checkpoint.meta)
-    ref = reference_for_export(checkpoint.params, checkpoint.meta.network_config(), cfg.pd_pad)
-    export_graph(ref.bsn, bsn_path)
-    export_graph(_pd_module(ref, cfg), denoise_path)
+    if cfg.hole is not None:
+        bsn, inference = _hole_modules(checkpoint.params, checkpoint.meta.network_config(), cfg)
+    else:
+        ref = reference_for_export(checkpoint.params, checkpoint.meta.network_config(), cfg.pd_pad)
+        bsn, inference = ref.bsn, _pd_module(ref, cfg)
+    export_graph(bsn, bsn_path)
+    export_graph(inference, denoise_path)
 
 
 def onnx_max_abs_diffs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Path) -> dict[str, float]:
@@ -135,7 +154,8 @@ def onnx_max_abs_diffs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Pat
     import onnxruntime as ort
 
     cfg = pd_inference(checkpoint.meta)
-    model = checkpoint.module()
+    module = checkpoint.module()
+    model = module if cfg.hole is None else functools.partial(module, hole=cfg.hole)
     # Jitted: run eagerly, each of the network's ops would be compiled on its own, for every shape.
     jax_fns = {"bsn": jax.jit(lambda x: model(x)), "denoise": jax.jit(lambda x: denoise(model, x, None, cfg))}
     sessions = {

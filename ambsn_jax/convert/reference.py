@@ -1,5 +1,5 @@
-"""PyTorch reference of the AM-BSN, AP-BSN and MM-BSN releases: module names, forward, PD, TTA, R3;
-and the PyTorch twin of this project's own distilled student (`Student`).
+"""PyTorch reference of the AM-BSN, AP-BSN, MM-BSN and TM-BSN releases: module names, forward, PD,
+TTA, R3; and the PyTorch twin of this project's own distilled student (`Student`).
 
 Written from what the releases compute (docs/release.md) so that `load_state_dict(strict=True)`
 takes an official state dict of each and the numbers are the releases'. It is the yardstick of
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ambsn_jax.convert.reference_nbsn import NBSN
+from ambsn_jax.convert.reference_tmbsn import TMBSN
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
 
@@ -293,6 +294,7 @@ TWINS: dict[str, Callable[[Any], nn.Module]] = {
     "mmbsn": lambda cfg: MMBSN(**cfg.to_dict()),
     "student": lambda cfg: Student(**cfg.to_dict()),
     "nbsn": lambda cfg: NBSN(**cfg.to_dict()),
+    "tmbsn": lambda cfg: TMBSN(**cfg.to_dict()),
 }
 
 

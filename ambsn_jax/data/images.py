@@ -140,15 +140,31 @@ def _swap_red_blue(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
-    """An image as RGB float32 (H, W, 3) in 0..255, and what it takes to write it back alike."""
-    path = Path(path)
-    data = _file_bytes(path)
+def decode_samples(data: np.ndarray | bytes, where: str | Path) -> np.ndarray:
+    """An encoded image file's bytes -> its samples as stored (uint8 or uint16), RGB-ordered.
+
+    `where` (a file, or a request) names the input in errors.
+    """
+    data = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
     # Phone JPEGs are often stored sideways with an EXIF orientation tag, which the written result
     # will not carry: decode them upright (these flags apply the tag; JPEGs have no alpha to lose).
     is_jpeg = data[:3].tobytes() == b"\xff\xd8\xff"
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if is_jpeg else cv2.IMREAD_UNCHANGED
-    return to_network(_swap_red_blue(_decode(path, data, flags)), str(path))
+    return _swap_red_blue(_decode(Path(where), data, flags))
+
+
+def encode_png(samples: np.ndarray) -> bytes:
+    """RGB-ordered uint8 / uint16 samples (gray, RGB or RGBA) as the bytes of a PNG file."""
+    ok, encoded = cv2.imencode(".png", _swap_red_blue(samples))
+    if not ok:
+        raise ValueError(f"cannot encode a {samples.dtype} array of shape {samples.shape} as PNG")
+    return encoded.tobytes()
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """An image as RGB float32 (H, W, 3) in 0..255, and what it takes to write it back alike."""
+    path = Path(path)
+    return to_network(decode_samples(_file_bytes(path), path), str(path))
 
 
 def write_image(path: str | Path, rgb_0_255: np.ndarray, info: ImageInfo) -> None:

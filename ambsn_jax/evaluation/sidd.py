@@ -26,7 +26,7 @@ from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.denoiser import BatchDenoiser, BoundDenoiser
 from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import InferenceConfig, postprocess
-from ambsn_jax.metrics import psnr, ssim, ssim_gaussian
+from ambsn_jax.metrics import psnr, ssim, ssim_gaussian, ssim_y
 from ambsn_jax.ops.windows import pad_to_min_side, padded_batches
 
 VALIDATION_NOISY = "ValidationNoisyBlocksSrgb.mat"
@@ -38,6 +38,7 @@ SSIM_MIN_SIDE = 11  # the larger SSIM window: the release's is 7x7, the Gaussian
 SSIM_CONVENTIONS = {
     "ssim": "the release's: skimage structural_similarity defaults, 7x7 uniform window, sample covariance",
     "ssim_gaussian": "Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, population covariance",
+    "ssim_y": "TM-BSN's release: luma (rgb2ycbcr Y) of the uint8 images, 11x11 Gaussian window, sigma 1.5, sample covariance",
 }
 
 
@@ -175,7 +176,7 @@ def score_validation(
 
     `psnr` / `ssim` are means over blocks of the rounded output against clean (docs/release.md,
     "Scores"); `noisy_psnr` / `noisy_ssim` the same for the noisy input; `ssim_gaussian` /
-    `noisy_ssim_gaussian` the other SSIM convention (`SSIM_CONVENTIONS`). `timing.total_s`
+    `noisy_ssim_gaussian` and `ssim_y` / `noisy_ssim_y` the other SSIM conventions (`SSIM_CONVENTIONS`). `timing.total_s`
     covers compilation, denoising and scoring, not reading files or the checkpoint.
     `keep_outputs` adds `denoised`, the rounded uint8 blocks (N, H, W, 3): not JSON, for the
     visual report.
@@ -197,6 +198,7 @@ def score_validation(
                         "psnr": psnr(flat_clean[n], out),
                         "ssim": ssim(flat_clean[n], out),
                         "ssim_gaussian": ssim_gaussian(flat_clean[n], out),
+                        "ssim_y": ssim_y(flat_clean[n], out),
                     }
                 )
             if keep_outputs:
@@ -210,6 +212,8 @@ def score_validation(
         "noisy_ssim": float(np.mean([ssim(c, x) for c, x in zip(flat_clean, flat_noisy)])),
         "ssim_gaussian": float(np.mean([b["ssim_gaussian"] for b in blocks])),
         "noisy_ssim_gaussian": float(np.mean([ssim_gaussian(c, x) for c, x in zip(flat_clean, flat_noisy)])),
+        "ssim_y": float(np.mean([b["ssim_y"] for b in blocks])),
+        "noisy_ssim_y": float(np.mean([ssim_y(c, x) for c, x in zip(flat_clean, flat_noisy)])),
         "ssim_conventions": SSIM_CONVENTIONS,
         "blocks": blocks,
         "timing": {

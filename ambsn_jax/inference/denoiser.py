@@ -18,14 +18,16 @@ from jax.sharding import PartitionSpec as P
 from ambsn_jax import mesh as meshlib
 from ambsn_jax.inference.release import InferenceConfig, denoise, self_ensemble
 from ambsn_jax.nets import registry
+from ambsn_jax.ops.conv import winograd
 from ambsn_jax.ops.precision import convolutions_in, with_precision
 
 Params = dict[str, Any]
 
 
 def _denoise_one(graphdef: nnx.GraphDef, cfg: InferenceConfig, params: Params, x: jax.Array, key: jax.Array) -> jax.Array:
-    run = partial(denoise, with_precision(nnx.merge(graphdef, params), cfg.precision), cfg=cfg)
-    with convolutions_in(cfg.precision):
+    net = with_precision(nnx.merge(graphdef, params), cfg.precision)
+    run = partial(denoise, net if cfg.hole is None else partial(net, hole=cfg.hole), cfg=cfg)
+    with convolutions_in(cfg.precision), winograd(cfg.winograd):
         if cfg.self_ensemble:
             return self_ensemble(run, x[None], key)[0]
         return run(x[None], key)[0]

@@ -35,17 +35,24 @@ class InferenceConfig:
     self_ensemble: bool = False  # average over the 8 rotations / flips
     r3_batched: bool = False  # R3's T passes as one batch (more memory; on GPUs maybe faster) instead of in turn
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
+    hole: int | None = None  # TM-BSN's hole size, passed to the network at every call; None: a network without one
+    pad_mode: str = "constant"  # of the PD-1 pass's padding: TM-BSN's benchmark reflects
+    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
     # Reflection padding of the whole input around everything above, cropped after: the NBSN
     # release's benchmark pads by 16 (its `--pad`); 0 for the other networks.
     reflect_pad: int = 0
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
-        return {
+        options = {
             "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
             "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "precision": self.precision,
             **({"pad": self.reflect_pad} if self.reflect_pad else {}),
+            "winograd": self.winograd,
         }  # fmt: skip
+        if self.hole is not None:  # TM-BSN's benchmark_sidd.py: --h, --pad (reflected)
+            options |= {"h": self.hole, "pad": self.pd_pad, "pad_mode": self.pad_mode}
+        return options
 
 
 def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
@@ -56,15 +63,18 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     5); AP-BSN and MM-BSN have no such fusion: PD 2, then R3, and `tta=True` keeps it so.
     A non-blind network (the distilled student) sees every pixel: one pass of the network, no
     PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
+    A record's `release_inference` sets what its release's test script does instead (TM-BSN:
+    one pass, reflect-padded by 16, at hole size 2, no R3; NBSN: its input reflected by 16),
+    whatever the metadata says.
     The precision defaults to the platform's (`ops.precision.default_precision`).
     """
     record = meta.architecture
     release = InferenceConfig(
-        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision(),
-        reflect_pad=record.release_reflect_pad,
-    )  # fmt: skip
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision()
+    )
     if not record.blind_spot:
         release = dataclasses.replace(release, pd_b=1, r3=False)
+    release = dataclasses.replace(release, **record.release_inference)
     cfg = dataclasses.replace(release, **switches)
     return dataclasses.replace(cfg, tta=cfg.tta and release.tta, r3=cfg.r3 and release.r3)
 
@@ -81,12 +91,13 @@ def _pad_to_multiple(x: jax.Array, m: int) -> jax.Array:
 
 
 def pd_forward(
-    net: Network, x: jax.Array, pd: int, pad: int = 2, perm: jax.Array | None = None
+    net: Network, x: jax.Array, pd: int, pad: int = 2, perm: jax.Array | None = None, mode: str = "constant"
 ) -> jax.Array:
-    """The release's `forward(img, pd)`: PD, blind-spot network, inverse PD."""
+    """The release's `forward(img, pd)`: PD, blind-spot network, inverse PD. `mode`: the
+    padding of a PD-1 pass (`jnp.pad`'s; PD sub-images are always zero-padded)."""
     if pd > 1:
         return pd_up(net(pd_down(x, pd, pad, perm)), pd, pad, perm)
-    return _crop(net(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))), pad)
+    return _crop(net(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)), pad)
 
 
 def r3_masks(key: jax.Array, shape: tuple[int, ...], cfg: InferenceConfig) -> jax.Array:
@@ -120,7 +131,7 @@ def denoise(
         # Here the release runs R3 on the padded image, which we keep for its exact pixels;
         # it then returns the padded size (61x80 in, 62x80 out): we crop back to h x w.
         x = _pad_to_multiple(x, cfg.pd_b)
-        y = pd_forward(net, x, cfg.pd_b, cfg.pd_pad)
+        y = pd_forward(net, x, cfg.pd_b, cfg.pd_pad, mode=cfg.pad_mode)
     if not cfg.r3:
         return y[:, :h, :w]
     if masks is None:

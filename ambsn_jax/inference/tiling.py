@@ -45,3 +45,17 @@ def denoise_image(
             acc[y : y + th, x : x + tw] += o * weight
             norm[y : y + th, x : x + tw] += weight
     return (acc / norm)[:h, :w]
+
+
+def denoise_images(
+    denoiser: BoundDenoiser, images: np.ndarray, keys: jax.Array, tiling: Tiling = Tiling()
+) -> np.ndarray:
+    """A stack (N, H, W, 3) of same-size images in 0..255, image i drawing from keys[i]:
+    item i is `denoise_image(denoiser, images[i], keys[i], tiling)`. Images up to a tile go
+    through the network in one call, the N items spread over the devices; larger ones are
+    tiled one by one (their tiles already fill the devices)."""
+    h, w = images.shape[1:3]
+    padded = pad_to_min_side(images, denoiser.min_side(), axes=(1, 2))
+    if padded.shape[1] <= tiling.tile and padded.shape[2] <= tiling.tile:
+        return np.asarray(denoiser(padded, keys))[:, :h, :w]
+    return np.stack([denoise_image(denoiser, image, key, tiling) for image, key in zip(images, keys)])

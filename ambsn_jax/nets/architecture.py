@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flax import nnx
@@ -35,9 +35,8 @@ class Architecture:
     # False for a network that sees every pixel (the distilled student): its default inference
     # is one pass of the network, without PD, fusion or R3.
     blind_spot: bool = True
-    # The release's inference reflects this many pixels around the input first and crops them
-    # after (NBSN's benchmark: 16); 0: none.
-    release_reflect_pad: int = 0
-    # How the release's own code loads its .pth: "container" ({'model_weight': {'denoiser': sd}},
-    # keys `bsn.*`) or "bare" (the network's own state dict, `load_state_dict(torch.load(f))`).
-    release_pth: str = "container"
+    # Fields of `inference.release.InferenceConfig` that the release's own test script sets
+    # over the PD defaults above (TM-BSN: one reflect-padded pass at its hole size, no R3).
+    release_inference: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # The release saves and loads a bare state dict (no container, no `bsn.` prefix).
+    bare_state_dict: bool = False

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ambsn_jax.nets.masks import blind_spot_mask
-from ambsn_jax.ops.conv import conv_general_dilated
+from ambsn_jax.ops.conv import conv_general_dilated, winograd
 from ambsn_jax.ops.relu import relu
 
 
@@ -37,11 +37,18 @@ def _masked_conv_fn(kind: str, k: int):
     The mask is a compile-time constant closed over here rather than a state array (as
     `nnx.Conv(mask=...)` would keep it), so it is neither checkpointed nor trained and XLA
     can fold it.
+
+    The masked conv is XLA's direct one even where the others run by Winograd: a direct conv
+    multiplies a blind tap by an exact zero, while Winograd's transforms mix every input of a
+    tile, so the blind pixel would leak into its output at the level of float32 rounding. (The
+    dilated convs after it may use Winograd: their tiles mix only inputs a dilation apart, and
+    the masked kernels reach less than a dilation, so no such offset leads back to the blind pixel.)
     """
     m = blind_spot_mask(kind, k)[:, :, None, None]
 
     def conv_fn(lhs, rhs, *args, **kwargs):
-        return conv_general_dilated(lhs, rhs * m.astype(rhs.dtype), *args, **kwargs)
+        with winograd(False):
+            return conv_general_dilated(lhs, rhs * m.astype(rhs.dtype), *args, **kwargs)
 
     return conv_fn
 

@@ -2,7 +2,8 @@
 
 A mask is a (k, k) 0/1 array indexed [row][col]; 0 marks a blind tap. The patterns are
 those of the releases: "central" (AP-BSN, AM-BSN, MM-BSN's "o"), "x" (AM-BSN; MM-BSN's
-"fcha") and the other MM-BSN kinds (docs/release.md, "Blind-spot masks").
+"fcha"), the other MM-BSN kinds (docs/release.md, "Blind-spot masks") and TM-BSN's "triu"
+(docs/tmbsn.md).
 """
 
 import numpy as np
@@ -65,6 +66,12 @@ def _ring(k: int) -> np.ndarray:
     return m
 
 
+def _upper_triangle(k: int) -> np.ndarray:
+    """TM-BSN's: taps on and above the diagonal see (the centre too); the shifts and rotations
+    around the network make the blind spot."""
+    return np.triu(np.ones((k, k), np.float32))
+
+
 _PATTERNS = {
     "central": _central,
     "x": _x_shape,
@@ -74,6 +81,7 @@ _PATTERNS = {
     "fsz": _plus_blind,
     "cha": _x_open,
     "hui": _ring,
+    "triu": _upper_triangle,
 }
 
 MASK_KINDS = tuple(_PATTERNS)

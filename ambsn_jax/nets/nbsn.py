@@ -148,6 +148,6 @@ ARCHITECTURE = Architecture(
     release_train_pd=1,
     release_pd_pad=0,
     blind_spot=False,
-    release_reflect_pad=16,
-    release_pth="bare",
+    release_inference={"reflect_pad": 16},  # its benchmark_sidd.py reflects by 16 around the pass
+    bare_state_dict=True,
 )

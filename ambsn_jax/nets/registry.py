@@ -1,7 +1,7 @@
 """Every network of the family, one `Architecture` record each; the one place that builds them.
 
-Adding a network is one module (its Flax network, config, key map and reference, and its
-record) plus one entry in `ARCHITECTURES`. Whatever depends on the architecture (conversion,
+Adding a network is one module (its Flax network, config, key map and its record) plus one
+entry in `ARCHITECTURES`; its PyTorch twin for verification lives in `convert/reference.py`. Whatever depends on the architecture (conversion,
 default inference, training, export) asks the record, never the name.
 """
 
@@ -13,11 +13,15 @@ from typing import Any
 from flax import nnx
 
 from ambsn_jax.errors import UserError
-from ambsn_jax.nets import ambsn, apbsn, mmbsn, nbsn, student
+from ambsn_jax.nets import ambsn, apbsn, mmbsn, nbsn, student, tmbsn
 from ambsn_jax.nets.architecture import Architecture
 
 ARCHITECTURES: dict[str, Architecture] = {
-    a.name: a for a in (ambsn.ARCHITECTURE, apbsn.ARCHITECTURE, mmbsn.ARCHITECTURE, student.ARCHITECTURE, nbsn.ARCHITECTURE)
+    a.name: a
+    for a in (
+        ambsn.ARCHITECTURE, apbsn.ARCHITECTURE, mmbsn.ARCHITECTURE, student.ARCHITECTURE, tmbsn.ARCHITECTURE,
+        nbsn.ARCHITECTURE,
+    )  # fmt: skip
 }
 
 

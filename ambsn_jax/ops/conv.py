@@ -8,19 +8,38 @@ slower than PyTorch's:
   whole output gradient (e.g. 130 x 130 taps), 4-5x the forward's time. It is, tap by tap, a
   matrix product (input window of the tap)^T @ (output gradient): on CPUs that is what runs.
   GPUs keep XLA's own (cuDNN's backward-filter kernels).
-The forward pass and the input gradient of k x k convolutions are XLA's everywhere.
+On CPUs the 3x3 and 5x5 convolutions (forward and both gradients) run by Winograd's minimal
+filtering (`ops/winograd.py`), unless traced inside `winograd(False)`; elsewhere the forward
+pass and the input gradient of k x k convolutions are XLA's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
+from ambsn_jax.ops import winograd as wino
+
 Padding = tuple[tuple[int, int], ...]
 Dilation = tuple[int, ...]
+
+# Read when a network is traced: the switch of InferenceConfig.winograd / train.winograd.
+_WINOGRAD = contextvars.ContextVar("ambsn_jax_winograd", default=True)
+
+
+@contextlib.contextmanager
+def winograd(on: bool) -> Iterator[None]:
+    """Trace what runs inside with (True, the default) or without the CPU's Winograd convolutions."""
+    token = _WINOGRAD.set(on)
+    try:
+        yield
+    finally:
+        _WINOGRAD.reset(token)
 
 
 def conv_general_dilated(
@@ -58,7 +77,8 @@ def conv_general_dilated(
         # and backward (bench/NOTES.md); as a 2-D product its gradients are 2-D products too.
         flat = lhs.reshape(-1, lhs.shape[-1]) @ rhs.reshape(rhs.shape[2:])
         return flat.reshape(*lhs.shape[:-1], rhs.shape[-1])
-    return _conv(lhs, rhs, padding, tuple(rhs_dilation or (1,) * (lhs.ndim - 2)))
+    tile = wino.tile_for(lhs, rhs) if _WINOGRAD.get() else None
+    return _conv(lhs, rhs, padding, tuple(rhs_dilation or (1,) * (lhs.ndim - 2)), tile)
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, padding: Padding, dilation: Dilation) -> jax.Array:
@@ -67,26 +87,33 @@ def _xla_conv(x: jax.Array, w: jax.Array, padding: Padding, dilation: Dilation) 
     )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, w: jax.Array, padding: Padding, dilation: Dilation) -> jax.Array:
-    return _xla_conv(x, w, padding, dilation)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, w: jax.Array, padding: Padding, dilation: Dilation, tile: int | None) -> jax.Array:
+    """The conv; `tile`: Winograd's output tile on CPUs (None: XLA's conv everywhere)."""
+    if tile is None:
+        return _xla_conv(x, w, padding, dilation)
+    cpu = partial(wino.conv, padding=padding, dilation=dilation, m=tile)
+    return jax.lax.platform_dependent(x, w, cpu=cpu, default=partial(_xla_conv, padding=padding, dilation=dilation))
 
 
-def _conv_fwd(x, w, padding, dilation):
-    return _xla_conv(x, w, padding, dilation), (x, w)
+def _conv_fwd(x, w, padding, dilation, tile):
+    return _conv(x, w, padding, dilation, tile), (x, w)
 
 
-def _conv_bwd(padding, dilation, residuals, g):
+def _conv_bwd(padding, dilation, tile, residuals, g):
     x, w = residuals
-    (dx,) = jax.vjp(lambda x: _xla_conv(x, w, padding, dilation), x)[1](g)
 
-    def xla_kernel_grad(x, g):
-        return jax.vjp(lambda w: _xla_conv(x, w, padding, dilation), w)[1](g)[0]
+    def xla_grads(x, w, g):
+        return jax.vjp(lambda x, w: _xla_conv(x, w, padding, dilation), x, w)[1](g)
 
-    dw = jax.lax.platform_dependent(
-        x, g, cpu=partial(kernel_grad_by_taps, w.shape, padding, dilation), default=xla_kernel_grad
-    )
-    return dx, dw
+    def cpu_grads(x, w, g):
+        if tile is not None:
+            # The transforms are linear: autodiff's gradients are transform-domain products too.
+            return jax.vjp(lambda x, w: wino.conv(x, w, padding, dilation, tile), x, w)[1](g)
+        (dx,) = jax.vjp(lambda x: _xla_conv(x, w, padding, dilation), x)[1](g)
+        return dx, kernel_grad_by_taps(w.shape, padding, dilation, x, g)
+
+    return jax.lax.platform_dependent(x, w, g, cpu=cpu_grads, default=xla_grads)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

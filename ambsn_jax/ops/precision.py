@@ -55,4 +55,4 @@ def with_precision(net: Any, name: str) -> Callable[[Any], Any]:
     for _, module in nnx.iter_modules(net):
         if isinstance(module, nnx.Conv):
             module.dtype = jnp.bfloat16
-    return lambda z: net(z).astype(jnp.float32)
+    return lambda z, **kw: net(z, **kw).astype(jnp.float32)

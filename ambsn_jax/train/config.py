@@ -39,10 +39,11 @@ _Loader.add_implicit_resolver(
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    arch: str  # a name of `ambsn_jax.nets.registry`: "ambsn", "apbsn", "mmbsn", "student"
+    arch: str  # a name of `ambsn_jax.nets.registry`: "ambsn", "apbsn", "mmbsn", "student", "tmbsn"
     base_ch: int  # network width C; the releases' is 128
     depth: int | None  # the student's levels (times it halves the resolution); null: the network's default
     init: str | None  # fine-tune: start from this checkpoint (Orbax dir, workdir or .pth) of the same network
+    blocks: int | None = None  # TM-BSN's residual-in-residual blocks (and residual blocks in each); null: the release's 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,8 @@ class TrainSection:
     precision: str | None  # convolutions in highest, tf32 or bf16; null: the platform's default
     profile_steps: list[int] | None  # [a, b]: a jax.profiler trace of steps a..b in <workdir>/profile
     skip_nonfinite: bool  # a step with a non-finite loss, gradient or update is not applied (else training stops)
+    winograd: bool  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (false: XLA's everywhere)
+    hole: int | None = None  # TM-BSN's hole size in the training forward (its release: 5); null: a network without one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,11 @@ class OptimSection:
     warmup_steps: int  # linear warmup from 0; 0: none
     grad_clip: float | None  # global-norm clipping; null: none
     ema_decay: float | None  # exponential moving average of the weights, validated and served; null: none
+    # Defaults for code that builds the section itself; config files name every key.
+    schedule: str = "step"  # "step" (x decay_rate every decay_every_epochs) or "cosine" (TM-BSN's: hold, then cosine)
+    hold_steps: int = 0  # cosine: steps at lr before the decay
+    decay_steps: int = 0  # cosine: steps of the decay from lr to final_lr, which is kept after
+    final_lr: float = 0.0  # cosine: the lr the decay ends at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +113,7 @@ class LogSection:
 
 @dataclasses.dataclass(frozen=True)
 class DistillSection:
-    teacher: str | None  # blind-spot checkpoint (Orbax dir, workdir or .pth; "demo": the shipped demo weights) whose default inference the student learns; null: self-supervised training
+    teacher: str | None  # blind-spot checkpoint (Orbax dir, workdir or .pth; "demo": the shipped demo weights) whose default inference the student learns; "shots": the other noisy shot of each scene (Noise2Noise); null: self-supervised training
     targets_dir: str | None  # where the teacher's outputs of the training images are kept; null: <workdir>/teacher
 
 
@@ -124,8 +132,8 @@ class Config:
 
     def network_fields(self) -> dict[str, Any]:
         """The network config fields the training config sets (the others: the network's defaults)."""
-        depth = {} if self.model.depth is None else {"depth": self.model.depth}
-        return {"base_ch": self.model.base_ch, **depth}
+        optional = {k: v for k, v in (("depth", self.model.depth), ("blocks", self.model.blocks)) if v is not None}
+        return {"base_ch": self.model.base_ch, **optional}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,7 +145,8 @@ _POSITIVE = (
     "val.blocks_per_image", "val.batch_size", "checkpoint.every", "checkpoint.keep", "log.every",
     "train.accum_steps",
 )  # fmt: skip
-_NON_NEGATIVE = ("data.workers", "train.pd_pad", "optim.warmup_steps", "log.images")
+_NON_NEGATIVE = ("data.workers", "train.pd_pad", "optim.warmup_steps", "log.images", "optim.hold_steps", "optim.final_lr")
+SCHEDULES = ("step", "cosine")
 
 # Keys a rerun in the same workdir may change: they do not alter the trained numbers.
 # The two skip switches are what a run stopped by bad data or a NaN is rerun with.
@@ -277,6 +286,17 @@ def check_values(cfg: Config) -> Config:
             f"the {record.display_name} sees whole images: train.pd must be 1 and train.pd_pad 0, "
             f"not {cfg.train.pd} and {cfg.train.pd_pad}"
         )
+    if ("hole" in record.release_inference) != (cfg.train.hole is not None):
+        raise UserError(
+            f"train.hole is TM-BSN's hole size (its release trains at 5): set it for TM-BSN and only for it "
+            f"(model.arch {cfg.model.arch}, train.hole {cfg.train.hole})"
+        )
+    if cfg.train.hole is not None and cfg.train.hole < 0:
+        raise UserError(f"train.hole {cfg.train.hole}: must not be negative")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise UserError(f"optim.schedule {cfg.optim.schedule!r}: one of {', '.join(SCHEDULES)}")
+    if cfg.optim.schedule == "cosine" and cfg.optim.decay_steps < 1:
+        raise UserError(f"optim.decay_steps {cfg.optim.decay_steps}: the cosine schedule needs at least 1")
     if cfg.data.crop % cfg.train.pd:
         raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
     if cfg.data.dir is None:

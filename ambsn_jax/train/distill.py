@@ -27,6 +27,10 @@ from ambsn_jax.inference.release import default_inference
 from ambsn_jax.ops.windows import Tiling
 
 TARGETS_DIR = "teacher"  # in the workdir, unless distill.targets_dir says otherwise
+# distill.teacher SHOTS: no teacher; each noisy image's target is the other noisy shot of its
+# scene (SIDD Medium's _010 / _011, two independent draws of the same noise): Noise2Noise.
+SHOTS = "shots"
+_SHOT_NAMES = ("_NOISY_SRGB_010", "_NOISY_SRGB_011")
 
 
 def teacher_path(teacher: str) -> str:
@@ -34,16 +38,44 @@ def teacher_path(teacher: str) -> str:
     return str(DEMO_CHECKPOINT) if teacher == "demo" else teacher
 
 
+def source_note(teacher: str) -> str:
+    """What the checkpoints' metadata says the student learned from."""
+    return "Noise2Noise on each scene's two noisy shots" if teacher == SHOTS else f"distilled from {teacher_path(teacher)}"
+
+
+def shot_pairs(images: list[Path]) -> list[tuple[Path, Path]]:
+    """(noisy image, the other noisy shot of the same scene) for every training image, whole
+    images or patches alike (a patch's name keeps its image's). The loss never sees a clean
+    pixel: L1 to an independent noisy shot is minimised by the median of the noise-free value
+    given the input, which the sRGB curve and the demosaic (both monotone or linear) keep."""
+    pairs = []
+    for image in images:
+        name = image.name.upper()
+        ours = [s for s in _SHOT_NAMES if s in name]
+        if not ours:
+            raise UserError(f"{image}: not a SIDD Medium noisy shot (_NOISY_SRGB_010 / _011); distill.teacher={SHOTS} needs both shots of each scene")
+        start = name.index(ours[0])
+        other = _SHOT_NAMES[1 - _SHOT_NAMES.index(ours[0])]
+        partner = image.with_name(image.name[:start] + other + image.name[start + len(other) :])
+        if not partner.is_file():
+            raise UserError(f"{image}: its scene's other shot {partner.name} is missing; distill.teacher={SHOTS} needs both shots")
+        pairs.append((image, partner))
+    return pairs
+
+
 def teacher_targets(
     teacher: str, images: list[Path], targets_dir: Path, seed: int, precision: str
 ) -> list[tuple[Path, Path]]:
-    """(noisy image, teacher's output) for every training image, the outputs made where missing.
+    """(noisy image, teacher's output) for every training image, the outputs made where missing
+    (`teacher` SHOTS: `shot_pairs`, nothing computed).
 
     The teacher runs its default inference (AM-BSN: PD-2 / PD-5 fusion then R3), image i
     drawing its R3 randomness from (seed, i) as `evaluate.py` does; outputs are rounded as
     saved images are. Raises UserError if the teacher is not a blind-spot network or an image
     fails.
     """
+    if teacher == SHOTS:
+        return shot_pairs(images)
     checkpoint = load_checkpoint(teacher_path(teacher))
     record = checkpoint.meta.architecture
     if not record.blind_spot:

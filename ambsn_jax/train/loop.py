@@ -64,7 +64,7 @@ def training_meta(cfg: Config) -> CheckpointMeta:
     """The metadata of the run's checkpoints: the network, the PD it trains with, and which
     weights they serve."""
     config = registry.network_config(cfg.model.arch, cfg.network_fields())
-    teacher = "" if cfg.distill.teacher is None else f", distilled from {distill.teacher_path(cfg.distill.teacher)}"
+    teacher = "" if cfg.distill.teacher is None else f", {distill.source_note(cfg.distill.teacher)}"
     return CheckpointMeta.for_network(
         cfg.model.arch,
         config,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ from flax import nnx
 
 from ambsn_jax.checkpoint.store import Params, params_of
 from ambsn_jax.inference.release import pd_forward
+from ambsn_jax.ops.conv import winograd
 from ambsn_jax.ops.precision import convolutions_in, default_precision, with_precision
 from ambsn_jax.train.config import Config, OptimSection
 
@@ -35,6 +37,8 @@ class Recipe:
     ema_decay: float | None  # of the served average of the weights; None: none kept
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
     distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
+    hole: int | None = None  # TM-BSN's hole size in the training forward; None: a network without one
+    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
 
     @property
     def batch_channels(self) -> int:
@@ -46,7 +50,7 @@ class Recipe:
         t = cfg.train
         return cls(
             t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay,
-            t.skip_nonfinite, cfg.distill.teacher is not None,
+            t.skip_nonfinite, cfg.distill.teacher is not None, t.hole, t.winograd,
         )  # fmt: skip
 
 
@@ -74,15 +78,34 @@ def served(state: TrainState) -> Params:
     return state.params if state.ema is None else state.ema
 
 
+def _hold_then_cosine(cfg: OptimSection) -> optax.Schedule:
+    """TM-BSN's release's schedule: lr for hold_steps, then a cosine to final_lr over decay_steps.
+
+    Its scheduler steps after the optimizer, so update i (from 0) runs at the schedule's value
+    for i - 1 (update 0 at lr): reproduced here.
+    """
+    cosine = optax.cosine_decay_schedule(cfg.lr, cfg.decay_steps, alpha=cfg.final_lr / cfg.lr)
+    schedule = optax.join_schedules([optax.constant_schedule(cfg.lr), cosine], [cfg.hold_steps])
+    return lambda step: schedule(jnp.maximum(step - 1, 0))
+
+
 def lr_schedule(cfg: OptimSection, steps_per_epoch: int) -> optax.Schedule:
     """The release's StepLR counted in steps (x decay_rate every decay_every_epochs), with an
-    optional linear warmup multiplied in, so that the decay stays on the epoch boundaries."""
-    decay = optax.exponential_decay(
-        cfg.lr, cfg.decay_every_epochs * steps_per_epoch, cfg.decay_rate, staircase=True
-    )
+    optional linear warmup multiplied in, so that the decay stays on the epoch boundaries;
+    `cfg.schedule == "cosine"`: TM-BSN's (`_hold_then_cosine`), the warmup multiplied in too."""
+    if cfg.schedule == "cosine":
+        decay = _hold_then_cosine(cfg)
+    else:
+        decay = _step_decay(cfg, steps_per_epoch)
     if not cfg.warmup_steps:
         return decay
     return lambda step: decay(step) * jnp.minimum(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def _step_decay(cfg: OptimSection, steps_per_epoch: int) -> optax.Schedule:
+    return optax.exponential_decay(
+        cfg.lr, cfg.decay_every_epochs * steps_per_epoch, cfg.decay_rate, staircase=True
+    )
 
 
 def optimizer(cfg: OptimSection, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -100,7 +123,9 @@ def l1_loss(
     themselves; with `recipe.distill`, L1 between the network's output on the noisy crops
     (channels 0..2) and the teacher's (3..5). The mean over all pixels either way."""
     net = with_precision(nnx.merge(graphdef, params), recipe.precision)
-    with convolutions_in(recipe.precision):
+    if recipe.hole is not None:
+        net = partial(net, hole=recipe.hole)
+    with convolutions_in(recipe.precision), winograd(recipe.winograd):
         if recipe.distill:
             noisy, target = jnp.split(batch, 2, axis=-1)
             return jnp.mean(jnp.abs(net(noisy) - target))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -20,7 +23,8 @@ from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
 from ambsn_jax.nets.nbsn import NBSNConfig
 from ambsn_jax.nets.student import StudentConfig
-from tests.helpers import printed_diffs, write_pth
+from ambsn_jax.nets.tmbsn import TMBSNConfig
+from tests.helpers import TMBSN_RELEASE_ENV, printed_diffs, tmbsn_release, write_pth
 
 EXPORTED = {
     "ambsn": AMBSNConfig(base_ch=8), "apbsn": APBSNConfig(base_ch=8), "mmbsn": MMBSNConfig(base_ch=8),
@@ -152,3 +156,32 @@ def test_nbsn_exports_the_bare_state_dict_its_release_loads(official_state_dict,
     twin_of(cfg).load_state_dict(sd, strict=True)
     for key, value in official_state_dict(cfg).items():
         assert sd[key.removeprefix("bsn.")].numpy().tobytes() == value.numpy().tobytes(), key
+
+
+def test_tmbsn_exports_the_bare_state_dict_its_release_loads(official_state_dict, tmp_path, capsys):
+    """Into the twin (and, with AMBSN_TMBSN_RELEASE, the release's own code) the file loads
+    strictly and gives the port's pixels; the masked taps are zeros, the rest bit for bit."""
+    cfg = TMBSNConfig(base_ch=8, blocks=1)
+    sd = official_state_dict(cfg)
+    src = write_pth(tmp_path / "in.pth", sd, prefix="", container=False)
+    out = tmp_path / "out.pth"
+    exported = flax2torch.export_pth(src, out)
+    printed = dict(re.findall(r"^\s+(hole\d): (\S+)$", capsys.readouterr().out, re.MULTILINE))
+    assert sorted(printed) == ["hole0", "hole1", "hole2", "hole5"] and max(map(float, printed.values())) < 1e-3
+    written = torch.load(out, map_location="cpu", weights_only=True)
+    assert list(written) == [k.removeprefix("bsn.") for k in sd]
+    for key, value in written.items():
+        want = sd[f"bsn.{key}"]
+        if key.endswith(".weight") and key.replace(".weight", ".mask") in written:
+            want = want * written[key.replace(".weight", ".mask")]
+        assert value.dtype == torch.float32 and torch.equal(value, want), key
+    x = np.random.default_rng(0).uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
+    port = np.asarray(exported.module()(jnp.asarray(x), hole=2))
+    nets = [twin_of(cfg)]
+    if os.environ.get(TMBSN_RELEASE_ENV):
+        nets.append(tmbsn_release().TMBSN(in_channels=3, feat_channels=8, block_nums=1))
+    for net in nets:
+        net.load_state_dict(written, strict=True)
+        with torch.no_grad():
+            pixels = 255.0 * net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2)) / 255.0, 2)
+        np.testing.assert_allclose(pixels.numpy().transpose(0, 2, 3, 1), port, atol=1e-3)

@@ -14,6 +14,7 @@ from ambsn_jax.convert import onnx_export
 from ambsn_jax.inference.release import default_inference, denoise
 from ambsn_jax.nets.nbsn import NBSNConfig
 from ambsn_jax.nets.student import StudentConfig
+from ambsn_jax.nets.tmbsn import TMBSNConfig
 from tests.helpers import write_pth
 
 ONNX_DIFF_LINE = re.compile(r"^\s+(\w+ \d+x\d+x\d+): (\S+)$", re.MULTILINE)
@@ -104,3 +105,22 @@ def test_nbsn_exports_with_its_release_reflection_padding(official_state_dict, t
     want = np.asarray(model(jnp.asarray(padded.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)[:, :, 16:-16, 16:-16]
     (y,) = ort.InferenceSession(str(onnx_export.denoise_graph_path(out)), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.max(np.abs(y - want)) < 1e-3
+
+
+def test_tmbsn_exports_its_network_and_the_release_benchmark_pass(official_state_dict, tmp_path, capsys):
+    """A release-format TM-BSN .pth: the network at hole 2 on any size (the release takes
+    squares), and the reflect-padded benchmark pass, both as the JAX port computes them."""
+    import onnxruntime as ort
+
+    sd = official_state_dict(TMBSNConfig(base_ch=4, blocks=1))
+    src = write_pth(tmp_path / "tmbsn.pth", sd, prefix="", container=False)
+    out = tmp_path / "tmbsn.onnx"
+    assert main_onnx([str(src), "--out", str(out)]) == 0
+    printed = {k: float(v) for k, v in ONNX_DIFF_LINE.findall(capsys.readouterr().out)}
+    assert len(printed) == 4 and max(printed.values()) < 1e-3
+    ckpt = load_checkpoint(src)
+    x = np.random.default_rng(5).uniform(0, 255, (1, 3, 18, 23)).astype(np.float32)
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    (y,) = ort.InferenceSession(str(onnx_export.denoise_graph_path(out)), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    want = jax.jit(lambda v: denoise(ckpt.module(), v, None, default_inference(ckpt.meta)))(xj)
+    assert np.max(np.abs(y - np.asarray(want).transpose(0, 3, 1, 2))) < 1e-3

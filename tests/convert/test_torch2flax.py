@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.convert import flax2torch, torch2flax
 from ambsn_jax.convert.reference import twin_of
+from ambsn_jax.convert.verify import DEFAULT_TOLERANCE, max_abs_diffs
+from ambsn_jax.nets import registry, tmbsn
+from ambsn_jax.nets.blocks import conv
 from ambsn_jax.nets.mmbsn import MMBSNConfig
 from ambsn_jax.nets.nbsn import NBSNConfig
+from ambsn_jax.nets.tmbsn import TMBSNConfig
 from tests.helpers import numpy_sd, printed_diffs, write_pth
 
 NBSN_PTH = os.environ.get("AMBSN_NBSN_PTH")
@@ -58,3 +64,35 @@ def test_the_release_nbsn_weights_convert_with_no_flag(tmp_path, capsys):
     back = torch.load(tmp_path / "back.pth", map_location="cpu", weights_only=True)
     assert list(back) == list(original)
     assert all(torch.equal(back[k], original[k]) for k in original)
+
+
+TMBSN_NARROW = TMBSNConfig(base_ch=8, blocks=1)
+
+
+def test_a_release_tmbsn_pth_converts_with_no_flag(official_state_dict, tmp_path, capsys):
+    """The bare state dict TM-BSN's benchmark_sidd.py loads, random values at its masked taps."""
+    sd = official_state_dict(TMBSN_NARROW)
+    assert any(float(v[sd[k.replace(".weight", ".mask")] == 0].abs().max()) > 0 for k, v in sd.items() if k.endswith("conv1.weight"))
+    src = write_pth(tmp_path / "TMBSN_SIDD.pth", sd, prefix="", container=False)
+    written = torch2flax.convert(src, tmp_path / "out")
+    assert (written.meta.arch, written.meta.network_config(), written.meta.train_pd) == ("tmbsn", TMBSN_NARROW, 1)
+    printed = dict(re.findall(r"^\s+(hole\d): (\S+)$", capsys.readouterr().out, re.MULTILINE))
+    assert sorted(printed) == ["hole0", "hole1", "hole2", "hole5"] and max(map(float, printed.values())) < 1e-3
+
+
+def test_a_port_that_forgets_the_mask_fails_verification(official_state_dict, monkeypatch):
+    """Either the converter's mask (kernels zeroed at the blind taps) or the network's (the mask
+    multiplied in at every forward) gives the release's numbers; a port with neither does not."""
+    sd = numpy_sd(official_state_dict(TMBSN_NARROW))
+    params, cfg = torch_port.params_from_state_dict(sd)
+    flat_params = nnx.traversals.flatten_mapping(params)
+    for name in tmbsn.masked_convs(cfg):
+        path = (*(int(p) if p.isdigit() else p for p in name.split(".")), "kernel")
+        flat_params[path] = sd[f"bsn.{name}.weight"].transpose(2, 3, 1, 0)  # the file's, unmasked
+    raw = nnx.traversals.unflatten_mapping(flat_params)
+    masked = registry.graphdef("tmbsn", cfg)
+    assert max(max_abs_diffs(nnx.merge(masked, raw), sd).values()) <= DEFAULT_TOLERANCE
+    monkeypatch.setattr(tmbsn, "_masked", lambda cin, cout, rngs: conv(cin, cout, 3, rngs=rngs))
+    unmasked = registry.graphdef("tmbsn", cfg)
+    assert max(max_abs_diffs(nnx.merge(unmasked, params), sd).values()) <= DEFAULT_TOLERANCE
+    assert min(max_abs_diffs(nnx.merge(unmasked, raw), sd).values()) > 100 * DEFAULT_TOLERANCE

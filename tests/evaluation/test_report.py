@@ -196,7 +196,7 @@ def test_cli_report_on_demo_blocks(tmp_path, capsys):
     code = cli.main([*FAST, "--limit", "2", "--json", str(tmp_path / "r.json"), "--report", str(out)])
     assert code == 0, capsys.readouterr().err
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert set(rep["ssim_conventions"]) == {"ssim", "ssim_gaussian"} and "denoised" not in rep
+    assert set(rep["ssim_conventions"]) == {"ssim", "ssim_gaussian", "ssim_y"} and "denoised" not in rep
     assert rep["ssim_gaussian"] == pytest.approx(np.mean([b["ssim_gaussian"] for b in rep["blocks"]]))
     assert abs(rep["noisy_ssim"] - rep["noisy_ssim_gaussian"]) > 0.005  # two conventions, two numbers
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ambsn_jax.checkpoint.store import load_checkpoint
-from ambsn_jax.convert.reference import ReleaseDenoiser
+from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 from ambsn_jax.data.sidd import load_blocks, save_blocks_mat, save_blocks_mat73
 from ambsn_jax.evaluation import sidd
 from ambsn_jax.evaluation.common import checkpoint_record
@@ -29,8 +31,9 @@ from ambsn_jax.inference.keys import item_keys
 from ambsn_jax.inference.release import InferenceConfig, postprocess
 from ambsn_jax.metrics import psnr, ssim
 from ambsn_jax.nets.ambsn import AMBSNConfig
+from ambsn_jax.nets.tmbsn import TMBSNConfig
 from ambsn_jax.ops.windows import pad_to_min_side
-from tests.helpers import RELEASE, SIDD_SHAPE, block_numbers, bound, evaluate_report, keys, sidd_blocks
+from tests.helpers import RELEASE, SIDD_SHAPE, block_numbers, bound, evaluate_report, keys, sidd_blocks, sidd_blocks_of, write_pth
 
 FAST = ["--no-tta", "--no-r3"]  # cheapest compilation, where the inference itself is not the point
 
@@ -233,3 +236,34 @@ def test_the_release_nbsn_weights_score_the_demo_blocks_as_its_pipeline(capsys, 
     want = release_nbsn_pipeline(unit, noisy.reshape(-1, *noisy.shape[2:]))
     assert_blocks_score_as(rep, clean.reshape(-1, *clean.shape[2:]), want)
     print(f"NBSN {Path(pth).name} on the demo validation blocks: PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.4f}")
+
+
+def test_tmbsn_scores_each_block_as_its_release_pipeline(official_state_dict, capsys, tmp_path):
+    """A release-format TM-BSN .pth through `evaluate.py --ckpt`: per block, PSNR and both SSIMs
+    as the release's benchmark_sidd.py / validation.py steps compute them on its network (the
+    twin): /255, reflect pad 16, hole 2, crop, clip, round; its PSNR and its luma SSIM."""
+    sd = dict(official_state_dict(TMBSNConfig(base_ch=8, blocks=1)))
+    sd["bsn.nin_C.bias"] = sd["bsn.nin_C.bias"] + 0.5  # outputs around mid-grey, not ~0: rounding and clipping matter
+    src = write_pth(tmp_path / "TMBSN.pth", sd, prefix="", container=False)
+    noisy, clean = sidd_blocks_of(24, 24)
+    root = tmp_path / "val"
+    root.mkdir()
+    save_blocks_mat73(root / VALIDATION_NOISY, noisy, "ValidationNoisyBlocksSrgb")
+    save_blocks_mat73(root / VALIDATION_CLEAN, clean, "ValidationGtBlocksSrgb")
+    rep = evaluate_report(["--ckpt", src, "--sidd-val", root], capsys, tmp_path)
+    assert {k: rep["options"][k] for k in ("h", "pad", "pad_mode", "R3")} == {"h": 2, "pad": 16, "pad_mode": "reflect", "R3": False}
+
+    twin = twin_of(TMBSNConfig(base_ch=8, blocks=1))
+    twin.load_state_dict({k.removeprefix("bsn."): v for k, v in sd.items()}, strict=True)
+    for block, x, gt in zip(rep["blocks"], noisy.reshape(-1, 24, 24, 3), clean.reshape(-1, 24, 24, 3)):
+        xt = torch.from_numpy(x.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            out = twin.eval()(F.pad(xt, (16, 16, 16, 16), mode="reflect"), 2)[..., 16:-16, 16:-16]
+        out = np.clip(out[0].permute(1, 2, 0).numpy(), 0.0, 1.0)
+        out_u8, gt_f = np.round(out * 255).astype(np.uint8), gt.astype(np.float32) / 255.0
+        mse = np.mean((out_u8.astype(np.float32) - np.round(gt_f * 255)) ** 2)
+        luma = [rgb2ycbcr(np.round(a * 255).clip(0, 255).astype(np.uint8))[:, :, 0] for a in (out, gt_f)]
+        ssim_luma = structural_similarity(*luma, data_range=255, win_size=11, gaussian_weights=True, sigma=1.5, K1=0.01, K2=0.03)
+        assert abs(block["psnr"] - 10 * np.log10(255.0**2 / mse)) < 1e-3
+        assert abs(block["ssim_y"] - ssim_luma) < 1e-4
+        assert abs(block["ssim"] - ssim(gt, out_u8)) < 1e-4  # this project's SSIM of the release's pixels

@@ -35,7 +35,8 @@ def test_mask_patterns_are_the_releases():
 
 
 def test_every_mask_hides_the_centre_and_unknown_kinds_are_refused():
-    for kind in MASK_KINDS:
+    # TM-BSN's triangle keeps the centre: its blind spot comes from shifts outside the convs.
+    for kind in (k for k in MASK_KINDS if k != "triu"):
         for k in (3, 5):
             m = blind_spot_mask(kind, k)
             assert m.dtype == np.float32 and m[k // 2, k // 2] == 0 and set(np.unique(m)) <= {0.0, 1.0}, kind

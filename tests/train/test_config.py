@@ -16,7 +16,10 @@ from tests.helpers import flat
 
 def test_configs_are_package_data():
     assert configlib.CONFIG_DIR == Path(ambsn_jax.__file__).resolve().parent / "configs"
-    assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == ["apbsn_sidd", "demo", "distill_demo", "distill_nbsn_demo", "distill_nbsn_sidd", "distill_sidd", "mmbsn_sidd", "sidd", "sidd_bench"]
+    assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == [
+        "apbsn_sidd", "demo", "distill_demo", "distill_nbsn_demo", "distill_nbsn_sidd", "distill_sidd", "mmbsn_sidd",
+        "sidd", "sidd_bench", "tmbsn_demo", "tmbsn_sidd",
+    ]  # fmt: skip
 
 
 def test_sidd_configs_hold_the_release_recipe():
@@ -101,3 +104,30 @@ def test_nbsn_distill_configs_train_the_release_student():
     demo = configlib.resolve("distill_nbsn_demo")
     assert (demo.model.arch, demo.model.base_ch, demo.model.depth, demo.distill.teacher) == ("nbsn", 16, 5, "demo")
     assert demo.data.crop % 2**demo.model.depth == 0  # no padding inside the U-Net while training
+
+
+def test_tmbsn_sidd_is_the_release_recipe():
+    """train_tmbsn.py: batch 4 of 128 crops from 256 patches (stride 128), hole 5 without PD,
+    Adam 1e-4 held 200k steps then a cosine to 1e-6 over 300k, 500k steps; C = 48, 5 blocks."""
+    cfg = configlib.resolve("tmbsn_sidd", [(["data", "dir"], "x")])
+    assert (cfg.model.arch, cfg.model.base_ch, cfg.model.blocks) == ("tmbsn", 48, 5)
+    assert (cfg.data.patch_size, cfg.data.patch_stride, cfg.data.crop, cfg.train.batch_size) == (256, 128, 128, 4)
+    assert (cfg.train.pd, cfg.train.pd_pad, cfg.train.hole, cfg.train.epochs * cfg.train.steps_per_epoch) == (1, 0, 5, 500_000)
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.hold_steps, cfg.optim.decay_steps, cfg.optim.final_lr) == (
+        1e-4, "cosine", 200_000, 300_000, 1e-6,
+    )  # fmt: skip
+    assert configlib.resolve("tmbsn_demo").model.arch == "tmbsn"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([(["model", "arch"], "tmbsn"), (["train", "pd"], 1)], "train.hole is TM-BSN's"),
+        ([(["train", "hole"], 5)], "train.hole is TM-BSN's"),
+        ([(["optim", "schedule"], "linear")], "optim.schedule 'linear'"),
+        ([(["model", "blocks"], 2)], "blocks"),
+    ],
+)
+def test_tmbsn_settings_are_checked(overrides, message):
+    with pytest.raises(UserError, match=message):
+        configlib.resolve("sidd", [(["data", "dir"], "x"), *overrides])

@@ -13,6 +13,7 @@ import pytest
 
 from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.cli.train import main as train_main
+from ambsn_jax.errors import UserError
 from ambsn_jax.train import distill
 from ambsn_jax.train.validation import EVAL_FILE
 from tests.helpers import evaluate, one_error_line, run_main, write_images
@@ -109,3 +110,19 @@ def test_an_nbsn_student_distils_saves_and_resumes(data, ckpt, val_dir, tmp_path
     assert (checkpoint.step, checkpoint.meta.arch, checkpoint.meta.config["depth"]) == (6, "nbsn", 2)
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
     assert steps[-1] == 6 and 4 in steps
+
+
+def test_shots_pair_each_noisy_shot_with_its_scenes_other(tmp_path):
+    scene = tmp_path / "0001_001_S6_01300_00100_5500_N"
+    scene.mkdir()
+    shots = [scene / f"{scene.name}_NOISY_SRGB_01{i}.PNG" for i in (0, 1)]
+    patch = scene / f"{scene.name}_NOISY_SRGB_010_y0000_x0256.png"
+    for path in [*shots, patch, scene / f"{scene.name}_NOISY_SRGB_011_y0000_x0256.png"]:
+        path.write_bytes(b"")
+    pairs = distill.shot_pairs([*shots, patch])
+    assert pairs == [(shots[0], shots[1]), (shots[1], shots[0]), (patch, patch.with_name(patch.name.replace("_010", "_011")))]
+    shots[1].unlink()
+    with pytest.raises(UserError, match="other shot"):
+        distill.shot_pairs([shots[0]])
+    with pytest.raises(UserError, match="not a SIDD Medium noisy shot"):
+        distill.shot_pairs([tmp_path / "photo.png"])

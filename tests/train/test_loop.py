@@ -261,3 +261,23 @@ def test_a_run_at_another_pd_is_evaluated_and_recorded_at_it(images, val_dir, tm
     assert report["checkpoint"]["train_pd"] == 4 and report["checkpoint"]["step"] == 1
     assert len(report["blocks"]) == 4 and report["training"]["stopped_early"] is True
     assert "step 1 (best by validation PSNR)" in capsys.readouterr().out
+
+
+def test_tmbsn_demo_trains_saves_and_resumes(images, val_dir, tmp_path, capsys):
+    """`--config tmbsn_demo`, narrowed: two steps, a checkpoint whose closing evaluation is
+    TM-BSN's benchmark pass, then a rerun that resumes there and goes on to four."""
+    workdir = tmp_path / "tmbsn"
+    argv = [
+        "--config", "tmbsn_demo", "--data-dir", str(images), "--workdir", str(workdir), "--save-every", "2",
+        "--set", "model.base_ch=4", "model.blocks=1", "data.patches=false", "data.crop=16", "data.workers=0",
+        f"val.dir={val_dir}", "val.batch_size=2", "log.every=1",
+    ]  # fmt: skip
+    assert main([*argv, "--max-steps", "2"]) == 0
+    first = load_checkpoint(workdir)
+    assert (first.step, first.meta.arch, first.meta.network_config().blocks, first.meta.train_pd) == (2, "tmbsn", 1, 1)
+    report = json.loads((workdir / EVAL_FILE).read_text())
+    assert (report["options"]["h"], report["options"]["pad"], report["options"]["pad_mode"]) == (2, 16, "reflect")
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "4"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert sorted(losses(workdir)) == [1, 2, 3, 4] and load_checkpoint(workdir).step == 4

@@ -17,6 +17,7 @@ from ambsn_jax.nets import registry
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
 from ambsn_jax.nets.student import StudentConfig
+from ambsn_jax.nets.tmbsn import TMBSNConfig
 from ambsn_jax.train import config as configlib
 from ambsn_jax.train.step import Recipe, TrainState, init_state, l1_loss, lr_schedule, optimizer, served, train_step
 
@@ -223,3 +224,39 @@ def test_distillation_loss_and_gradients_match_the_pytorch_twin(flax_model, refe
         np.asarray(grads["head"]["kernel"]), twin.head.weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-3, atol=1e-6
     )
     np.testing.assert_allclose(np.asarray(grads["tail"]["bias"]), twin.tail.bias.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_tmbsn_loss_and_grads_are_its_release_objective(flax_model, reference):
+    """train_tmbsn.py's L1(TM-BSN(noisy, 5), noisy) on 0..1, here on 0..255: 255x the loss and
+    its gradients, which Adam's step does not see (its epsilon aside)."""
+    cfg = TMBSNConfig(base_ch=8, blocks=1)
+    model, twin = flax_model(cfg), reference(cfg).bsn.train()
+    batch = np.random.default_rng(2).uniform(0, 255, (2, 12, 12, 3)).astype(np.float32)
+    x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()) / 255.0
+    want = torch.nn.functional.l1_loss(twin(x, 5), x)
+    want.backward()
+    recipe = Recipe(pd=1, pd_pad=0, pd_shuffle=False, accum_steps=1, precision="highest", ema_decay=None, hole=5)
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: l1_loss(p, graphdef, jnp.asarray(batch), recipe)))(nnx.to_pure_dict(params))
+    assert abs(float(loss) - 255.0 * want.item()) <= 1e-5 * float(loss)
+    got = np.asarray(grads["nin_A"]["kernel"])[0, 0]
+    np.testing.assert_allclose(got, 255.0 * twin.nin_A.weight.grad.numpy()[:, :, 0, 0].T, rtol=0, atol=1e-4 * np.abs(got).max())
+
+
+def test_cosine_schedule_is_the_tmbsn_release_scheduler():
+    """Its CosineDecayScheduler, stepped after each update as train_tmbsn.py does, written out."""
+    cfg = configlib.resolve("tmbsn_sidd", [(["data", "dir"], "unused")]).optim
+    cfg = dataclasses.replace(cfg, hold_steps=20, decay_steps=30)
+
+    def release_lr(update: int) -> float:
+        step = max(update - 1, 0)  # the scheduler's step() runs after update i, setting update i + 1's lr
+        if step < cfg.hold_steps:
+            return cfg.lr
+        done = step - cfg.hold_steps
+        if done >= cfg.decay_steps:
+            return cfg.final_lr
+        return (cfg.lr - cfg.final_lr) * 0.5 * (1 + np.cos(np.pi * done / cfg.decay_steps)) + cfg.final_lr
+
+    schedule = lr_schedule(cfg, steps_per_epoch=10)
+    updates = [0, 1, 20, 21, 22, 35, 50, 51, 52, 80]
+    np.testing.assert_allclose([float(schedule(u)) for u in updates], [release_lr(u) for u in updates], rtol=1e-5)
