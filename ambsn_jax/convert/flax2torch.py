@@ -1,8 +1,8 @@
 """A checkpoint's parameters -> the release's `.pth`, verified against its PyTorch network.
 
-The file holds the release's container `{'model_weight': {'denoiser': sd}}` (TM-BSN: the bare
-state dict its release loads) with the release's keys for the checkpoint's architecture: `bsn.`
-prefixes (not TM-BSN's), both names of every shared module, the
+The file holds the release's container `{'model_weight': {'denoiser': sd}}` (TM-BSN, NBSN: the
+bare state dict their release loads) with the release's keys for the checkpoint's architecture: `bsn.`
+prefixes (not theirs), both names of every shared module, the
 masked convs' `.mask` buffers; float32, OIHW, contiguous. It is written beside the output under
 a temporary name, read back with `torch.load(weights_only=True)`, loaded into the reference with
 `strict=True` and compared with the JAX model (bsn, PD-2 and PD-5 forward); only then is it

@@ -72,6 +72,15 @@ def reference_for_export(params: Any, config: Any, pd_pad: int = 2) -> "torch.nn
     return ref.eval()
 
 
+def _reflect(x: "torch.Tensor", p: int) -> "torch.Tensor":
+    """`F.pad(x, (p,) * 4, mode="reflect")` from slices: exported through `F.pad`, the padded
+    sizes lost their link to the input's, and NBSN's graph failed at sizes other than the traced."""
+    import torch
+
+    x = torch.cat([x[..., 1 : p + 1].flip(-1), x, x[..., -p - 1 : -1].flip(-1)], dim=-1)
+    return torch.cat([x[..., 1 : p + 1, :].flip(-2), x, x[..., -p - 1 : -1, :].flip(-2)], dim=-2)
+
+
 def _pd_module(ref: "torch.nn.Module", cfg: InferenceConfig) -> "torch.nn.Module":
     """`inference.denoise` with R3 off, from the release's own PD forward and padding."""
     import torch
@@ -82,6 +91,12 @@ def _pd_module(ref: "torch.nn.Module", cfg: InferenceConfig) -> "torch.nn.Module
             self.ref = ref
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p = cfg.reflect_pad  # NBSN's release reflects 16 pixels around its one pass
+            if p:
+                return self.fused(_reflect(x, p))[:, :, p:-p, p:-p]
+            return self.fused(x)
+
+        def fused(self, x: torch.Tensor) -> torch.Tensor:
             h, w = x.shape[-2:]
             # Both passes cropped: the release crops only PD-5's and fails on odd sizes.
             a = self.ref(self.ref._pad_to(x, cfg.pd_b), cfg.pd_b)[:, :, :h, :w]

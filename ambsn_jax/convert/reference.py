@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ambsn_jax.convert.reference_nbsn import NBSN
 from ambsn_jax.convert.reference_tmbsn import TMBSN
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
@@ -292,6 +293,7 @@ TWINS: dict[str, Callable[[Any], nn.Module]] = {
     "apbsn": lambda cfg: DBSNl(**cfg.to_dict()),
     "mmbsn": lambda cfg: MMBSN(**cfg.to_dict()),
     "student": lambda cfg: Student(**cfg.to_dict()),
+    "nbsn": lambda cfg: NBSN(**cfg.to_dict()),
     "tmbsn": lambda cfg: TMBSN(**cfg.to_dict()),
 }
 

@@ -89,7 +89,7 @@ class BatchDenoiser:
 
     def min_side(self) -> int:
         """The shortest side R3's reflection padding accepts; smaller inputs are padded first."""
-        return self.cfg.pd_pad + 1
+        return max(self.cfg.pd_pad, self.cfg.reflect_pad) + 1
 
     def _global(self, local: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self._items, local)

@@ -38,12 +38,16 @@ class InferenceConfig:
     hole: int | None = None  # TM-BSN's hole size, passed to the network at every call; None: a network without one
     pad_mode: str = "constant"  # of the PD-1 pass's padding: TM-BSN's benchmark reflects
     winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
+    # Reflection padding of the whole input around everything above, cropped after: the NBSN
+    # release's benchmark pads by 16 (its `--pad`); 0 for the other networks.
+    reflect_pad: int = 0
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
         options = {
             "pd_a": self.pd_a, "pd_b": self.pd_b, "pd_pad": self.pd_pad, "R3": self.r3, "R3_T": self.r3_t,
             "R3_p": self.r3_p, "tta": self.tta, "self_ensemble": self.self_ensemble, "precision": self.precision,
+            **({"pad": self.reflect_pad} if self.reflect_pad else {}),
             "winograd": self.winograd,
         }  # fmt: skip
         if self.hole is not None:  # TM-BSN's benchmark_sidd.py: --h, --pad (reflected)
@@ -60,15 +64,17 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     A non-blind network (the distilled student) sees every pixel: one pass of the network, no
     PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
     A record's `release_inference` sets what its release's test script does instead (TM-BSN:
-    one pass, reflect-padded by 16, at hole size 2, no R3), whatever the metadata says.
+    one pass, reflect-padded by 16, at hole size 2, no R3; NBSN: its input reflected by 16),
+    whatever the metadata says.
     The precision defaults to the platform's (`ops.precision.default_precision`).
     """
+    record = meta.architecture
     release = InferenceConfig(
-        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=meta.architecture.release_tta, precision=default_precision()
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision()
     )
-    if not meta.architecture.blind_spot:
+    if not record.blind_spot:
         release = dataclasses.replace(release, pd_b=1, r3=False)
-    release = dataclasses.replace(release, **meta.architecture.release_inference)
+    release = dataclasses.replace(release, **record.release_inference)
     cfg = dataclasses.replace(release, **switches)
     return dataclasses.replace(cfg, tta=cfg.tta and release.tta, r3=cfg.r3 and release.r3)
 
@@ -111,6 +117,10 @@ def denoise(
     R3 draws its masks from `key`, or takes them explicitly through `masks` (shape
     `(cfg.r3_t, *x_r3.shape)` where x_r3 is x, padded to a multiple of pd_b when TTA is off).
     """
+    if cfg.reflect_pad:
+        p = cfg.reflect_pad
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        return _crop(denoise(net, x, key, dataclasses.replace(cfg, reflect_pad=0), masks), p)
     h, w = x.shape[1:3]
     if cfg.tta:
         a = pd_forward(net, _pad_to_multiple(x, cfg.pd_b), cfg.pd_b, cfg.pd_pad)

@@ -13,12 +13,15 @@ from typing import Any
 from flax import nnx
 
 from ambsn_jax.errors import UserError
-from ambsn_jax.nets import ambsn, apbsn, mmbsn, student, tmbsn
+from ambsn_jax.nets import ambsn, apbsn, mmbsn, nbsn, student, tmbsn
 from ambsn_jax.nets.architecture import Architecture
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
-    for a in (ambsn.ARCHITECTURE, apbsn.ARCHITECTURE, mmbsn.ARCHITECTURE, student.ARCHITECTURE, tmbsn.ARCHITECTURE)
+    for a in (
+        ambsn.ARCHITECTURE, apbsn.ARCHITECTURE, mmbsn.ARCHITECTURE, student.ARCHITECTURE, tmbsn.ARCHITECTURE,
+        nbsn.ARCHITECTURE,
+    )  # fmt: skip
 }
 
 

@@ -21,6 +21,7 @@ from ambsn_jax.nets import registry
 from ambsn_jax.nets.ambsn import AMBSNConfig
 from ambsn_jax.nets.apbsn import APBSNConfig
 from ambsn_jax.nets.mmbsn import MMBSNConfig
+from ambsn_jax.nets.nbsn import NBSNConfig
 from ambsn_jax.nets.student import StudentConfig
 from ambsn_jax.nets.tmbsn import TMBSNConfig
 from tests.helpers import TMBSN_RELEASE_ENV, printed_diffs, tmbsn_release, write_pth
@@ -139,6 +140,22 @@ def test_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "verification failed: bsn by 5.000e-01, pd2 by nan" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nbsn_exports_the_bare_state_dict_its_release_loads(official_state_dict, tmp_path, capsys):
+    """The NBSN release's scripts call `load_state_dict(torch.load(f))` on the network itself:
+    the file is that state dict, keys without `bsn.`, and holds the same bits as the source."""
+    cfg = NBSNConfig(base_ch=4, depth=2)
+    src = write_pth(tmp_path / "in.pth", official_state_dict(cfg), prefix="", container=False)
+    out = tmp_path / "out.pth"
+    assert flax2torch.export_pth(src, out).meta.arch == "nbsn"
+    # 1e-3: the random-init U-Net's outputs reach thousands (0..255 scale), as the student's test
+    assert max(printed_diffs(capsys.readouterr().out).values()) < 1e-3
+    sd = torch.load(out, map_location="cpu", weights_only=True)
+    assert list(sd) == list(twin_of(cfg).state_dict())
+    twin_of(cfg).load_state_dict(sd, strict=True)
+    for key, value in official_state_dict(cfg).items():
+        assert sd[key.removeprefix("bsn.")].numpy().tobytes() == value.numpy().tobytes(), key
 
 
 def test_tmbsn_exports_the_bare_state_dict_its_release_loads(official_state_dict, tmp_path, capsys):

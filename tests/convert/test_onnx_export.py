@@ -12,6 +12,7 @@ from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
 from ambsn_jax.cli.convert import main_onnx
 from ambsn_jax.convert import onnx_export
 from ambsn_jax.inference.release import default_inference, denoise
+from ambsn_jax.nets.nbsn import NBSNConfig
 from ambsn_jax.nets.student import StudentConfig
 from ambsn_jax.nets.tmbsn import TMBSNConfig
 from tests.helpers import write_pth
@@ -86,6 +87,24 @@ def test_a_student_exports_as_its_network_in_both_graphs(official_state_dict, tm
     for graph in (out, onnx_export.denoise_graph_path(out)):
         (y,) = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, {"x": x})
         assert np.max(np.abs(y - want)) < 1e-3
+
+
+def test_nbsn_exports_with_its_release_reflection_padding(official_state_dict, tmp_path, capsys):
+    """NBSN's default inference is one pass on the input reflected by 16: so is its "denoise"
+    graph, and the network graph is the U-Net alone (both checked at CHECK_SHAPES by the export)."""
+    import onnxruntime as ort
+
+    src = write_pth(tmp_path / "nbsn.pth", official_state_dict(NBSNConfig(base_ch=4, depth=2)), prefix="", container=False)
+    out = tmp_path / "nbsn.onnx"
+    assert main_onnx([str(src), "--out", str(out)]) == 0
+    printed = {k: float(v) for k, v in ONNX_DIFF_LINE.findall(capsys.readouterr().out)}
+    assert len(printed) == 4 and max(printed.values()) < 1e-3
+    model = load_checkpoint(src).module()
+    x = np.random.default_rng(4).uniform(0, 255, (1, 3, 19, 21)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (16, 16), (16, 16)), mode="reflect")
+    want = np.asarray(model(jnp.asarray(padded.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)[:, :, 16:-16, 16:-16]
+    (y,) = ort.InferenceSession(str(onnx_export.denoise_graph_path(out)), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.max(np.abs(y - want)) < 1e-3
 
 
 def test_tmbsn_exports_its_network_and_the_release_benchmark_pass(official_state_dict, tmp_path, capsys):

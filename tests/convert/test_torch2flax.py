@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
+import torch
 from flax import nnx
 
 from ambsn_jax.checkpoint import torch_port
 from ambsn_jax.checkpoint.store import load_checkpoint
-from ambsn_jax.convert import torch2flax
+from ambsn_jax.convert import flax2torch, torch2flax
 from ambsn_jax.convert.reference import twin_of
 from ambsn_jax.convert.verify import DEFAULT_TOLERANCE, max_abs_diffs
 from ambsn_jax.nets import registry, tmbsn
 from ambsn_jax.nets.blocks import conv
 from ambsn_jax.nets.mmbsn import MMBSNConfig
+from ambsn_jax.nets.nbsn import NBSNConfig
 from ambsn_jax.nets.tmbsn import TMBSNConfig
-from tests.helpers import numpy_sd, write_pth
+from tests.helpers import numpy_sd, printed_diffs, write_pth
+
+NBSN_PTH = os.environ.get("AMBSN_NBSN_PTH")
 
 
 def test_default_out_and_tolerance():
@@ -44,6 +50,20 @@ def test_convert_writes_what_it_returns(official_state_dict, tmp_path, capsys):
     want_count = sum(p.numel() for p in twin_of(cfg).parameters())
     assert torch2flax.parameter_count(written.params) == want_count
     assert "max abs diff vs the PyTorch reference (tolerance 0.005):" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not NBSN_PTH, reason="set AMBSN_NBSN_PTH to the TM-BSN release's NBSN_SIDD.pth or NBSN_DND.pth to convert real weights")
+def test_the_release_nbsn_weights_convert_with_no_flag(tmp_path, capsys):
+    """Release weights (the bare state dict its scripts load) convert, told by their keys, and
+    export back to the same bits in the same bare format."""
+    written = torch2flax.convert(Path(NBSN_PTH), tmp_path / "nbsn")
+    assert (written.meta.arch, written.meta.network_config()) == ("nbsn", NBSNConfig())
+    assert max(printed_diffs(capsys.readouterr().out).values()) < 1e-3
+    flax2torch.export_pth(tmp_path / "nbsn", tmp_path / "back.pth")
+    original = torch.load(NBSN_PTH, map_location="cpu", weights_only=True)
+    back = torch.load(tmp_path / "back.pth", map_location="cpu", weights_only=True)
+    assert list(back) == list(original)
+    assert all(torch.equal(back[k], original[k]) for k in original)
 
 
 TMBSN_NARROW = TMBSNConfig(base_ch=8, blocks=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
-from ambsn_jax.data.sidd import load_blocks, save_blocks_mat73
+from ambsn_jax.data.sidd import load_blocks, save_blocks_mat, save_blocks_mat73
 from ambsn_jax.evaluation import sidd
 from ambsn_jax.evaluation.common import checkpoint_record
 from ambsn_jax.evaluation.sidd import VALIDATION_CLEAN, VALIDATION_NOISY
@@ -151,6 +152,90 @@ def test_validation_blocks_too_small_to_score_are_refused(tmp_path):
     save_blocks_mat(tmp_path / VALIDATION_NOISY, noisy[..., :11, :11, :], "ValidationNoisyBlocksSrgb")
     save_blocks_mat(tmp_path / VALIDATION_CLEAN, clean[..., :11, :11, :], "ValidationGtBlocksSrgb")
     assert sidd.load_validation(tmp_path)[0].shape == (2, 2, 11, 11, 3)
+
+
+def release_nbsn_pipeline(unit, noisy: np.ndarray, pad: int = 16) -> np.ndarray:
+    """The NBSN release's benchmark_sidd.py on uint8 blocks (N, H, W, 3): x / 255, reflection by
+    `pad`, the network `unit` (0..1 NCHW), crop, clip to 0..1, round x 255 to uint8."""
+    out = []
+    with torch.no_grad():
+        for block in noisy:
+            x = torch.from_numpy(block[None].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+            y = unit(torch.nn.functional.pad(x, (pad,) * 4, mode="reflect"))[..., pad:-pad, pad:-pad]
+            out.append(np.round(np.clip(y.permute(0, 2, 3, 1).numpy()[0], 0.0, 1.0) * 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def assert_blocks_score_as(rep: dict, clean: np.ndarray, want: np.ndarray) -> None:
+    """Per block within 1e-3 dB and 1e-4 SSIM of the scores of `want` (uint8 blocks)."""
+    expect = np.array([[psnr(c, d), ssim(c, d)] for c, d in zip(clean, want)])
+    got = block_numbers(rep)
+    assert np.abs(got[:, 0] - expect[:, 0]).max() <= 1e-3
+    assert np.abs(got[:, 1] - expect[:, 1]).max() <= 1e-4
+
+
+def test_nbsn_validation_scores_as_its_release_pipeline(official_state_dict, capsys, tmp_path):
+    """A narrow NBSN (C = 4, two pools) converted from a release-format bare .pth: `evaluate.py
+    --ckpt x.pth --sidd-val` scores each block as the release's benchmark steps do, with no switch."""
+    from ambsn_jax.convert.reference import twin_of
+    from ambsn_jax.nets.nbsn import NBSNConfig
+
+    cfg = NBSNConfig(base_ch=4, depth=2)
+    sd = {k.removeprefix("bsn."): v.clone() for k, v in official_state_dict(cfg).items()}
+    sd["dec1_1.weight"] *= 0.05  # outputs around 0.5 +- 0.1 (x 255), so rounding and both metrics see real values
+    sd["dec1_1.bias"] += 0.5
+    torch.save(sd, tmp_path / "nbsn.pth")
+    rng = np.random.default_rng(3)
+    clean = rng.integers(30, 220, (2, 2, 24, 36, 3), dtype=np.uint8)  # sides above the release's reflection of 16
+    noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    save_blocks_mat(tmp_path / VALIDATION_NOISY, noisy, "ValidationNoisyBlocksSrgb")
+    save_blocks_mat(tmp_path / VALIDATION_CLEAN, clean, "ValidationGtBlocksSrgb")
+    rep = evaluate_report(["--ckpt", tmp_path / "nbsn.pth", "--sidd-val", tmp_path], capsys, tmp_path)
+
+    twin = twin_of(cfg).eval()
+    twin.load_state_dict(sd, strict=True)
+    want = release_nbsn_pipeline(twin.unit, noisy.reshape(-1, 24, 36, 3))
+    assert 80 < want.mean() < 180 and want.std() > 5
+    assert_blocks_score_as(rep, clean.reshape(-1, 24, 36, 3), want)
+    assert rep["options"]["pad"] == 16 and (rep["options"]["pd_b"], rep["options"]["R3"], rep["options"]["tta"]) == (1, False, False)
+    assert rep["checkpoint"]["arch"] == "nbsn"
+
+
+def _release_nbsn(pth: str) -> torch.nn.Module:
+    """The release's own N_BSN (AMBSN_TMBSN_RELEASE set) or its twin, holding `pth` as the
+    release's scripts load it; its forward on 0..1."""
+    import importlib.util
+
+    from ambsn_jax.convert.reference import twin_of
+    from ambsn_jax.nets.nbsn import NBSNConfig
+
+    if os.environ.get("AMBSN_TMBSN_RELEASE"):
+        path = Path(os.environ["AMBSN_TMBSN_RELEASE"]) / "model" / "NBSN102.py"
+        spec = importlib.util.spec_from_file_location("release_nbsn", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        net = module.N_BSN()
+    else:
+        net = twin_of(NBSNConfig())  # the release's keys; its `unit` is the release's forward
+    net.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True), strict=True)
+    return net.eval()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AMBSN_NBSN_PTH"),
+    reason="set AMBSN_NBSN_PTH to the TM-BSN release's NBSN_SIDD.pth (and AMBSN_TMBSN_RELEASE to its checkout to run its own code)",
+)
+def test_the_release_nbsn_weights_score_the_demo_blocks_as_its_pipeline(capsys, tmp_path):
+    from ambsn_jax.data.demo import demo_root
+
+    pth = os.environ["AMBSN_NBSN_PTH"]
+    rep = evaluate_report(["--ckpt", pth], capsys, tmp_path)  # no dataset: the demo validation blocks
+    noisy, clean = sidd.load_validation(demo_root())
+    net = _release_nbsn(pth)
+    unit = net.unit if hasattr(net, "unit") else net
+    want = release_nbsn_pipeline(unit, noisy.reshape(-1, *noisy.shape[2:]))
+    assert_blocks_score_as(rep, clean.reshape(-1, *clean.shape[2:]), want)
+    print(f"NBSN {Path(pth).name} on the demo validation blocks: PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.4f}")
 
 
 def test_tmbsn_scores_each_block_as_its_release_pipeline(official_state_dict, capsys, tmp_path):

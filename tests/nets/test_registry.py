@@ -25,22 +25,23 @@ SMALL = {
 RELEASE_KEY_LISTS = {"apbsn": "apbsn_state_dict.tsv", "mmbsn": "mmbsn_o_a45_state_dict.tsv", "tmbsn": "tmbsn_state_dict.tsv"}
 
 
-def test_the_registry_holds_the_three_networks_and_the_student():
-    assert list(registry.ARCHITECTURES) == ["ambsn", "apbsn", "mmbsn", "student", "tmbsn"]
+def test_the_registry_holds_the_three_networks_and_the_students():
+    assert list(registry.ARCHITECTURES) == ["ambsn", "apbsn", "mmbsn", "student", "tmbsn", "nbsn"]
     assert {a.name: a.display_name for a in registry.ARCHITECTURES.values()} == {
         "ambsn": "AM-BSN", "apbsn": "AP-BSN", "mmbsn": "MM-BSN", "student": "student U-Net", "tmbsn": "TM-BSN",
+        "nbsn": "NBSN",
     }  # fmt: skip
     assert {a.name: (a.release_tta, a.blind_spot) for a in registry.ARCHITECTURES.values()} == {
         "ambsn": (True, True), "apbsn": (False, True), "mmbsn": (False, True), "student": (False, False),
-        "tmbsn": (False, True),
+        "tmbsn": (False, True), "nbsn": (False, False),
     }  # fmt: skip
     pds = {a.name: (a.release_train_pd, a.release_pd_pad) for a in registry.ARCHITECTURES.values()}
-    assert pds == {"ambsn": (5, 2), "apbsn": (5, 2), "mmbsn": (5, 2), "student": (1, 0), "tmbsn": (1, 0)}
+    assert pds == {"ambsn": (5, 2), "apbsn": (5, 2), "mmbsn": (5, 2), "student": (1, 0), "tmbsn": (1, 0), "nbsn": (1, 0)}
 
 
 def test_get_refuses_unknown_names_listing_the_known():
     assert registry.get("mmbsn").config is MMBSNConfig
-    with pytest.raises(UserError, match=r"^unknown architecture 'unet'; known: ambsn, apbsn, mmbsn, student, tmbsn$"):
+    with pytest.raises(UserError, match=r"^unknown architecture 'unet'; known: ambsn, apbsn, mmbsn, student, tmbsn, nbsn$"):
         registry.get("unet")
 
 

@@ -17,8 +17,9 @@ from tests.helpers import flat
 def test_configs_are_package_data():
     assert configlib.CONFIG_DIR == Path(ambsn_jax.__file__).resolve().parent / "configs"
     assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == [
-        "apbsn_sidd", "demo", "distill_demo", "distill_sidd", "mmbsn_sidd", "sidd", "sidd_bench", "tmbsn_demo", "tmbsn_sidd"
-    ]
+        "apbsn_sidd", "demo", "distill_demo", "distill_nbsn_demo", "distill_nbsn_sidd", "distill_sidd", "mmbsn_sidd",
+        "sidd", "sidd_bench", "tmbsn_demo", "tmbsn_sidd",
+    ]  # fmt: skip
 
 
 def test_sidd_configs_hold_the_release_recipe():
@@ -95,6 +96,14 @@ def test_distill_demo_is_the_shipped_students_recipe():
     cfg = configlib.resolve("distill_demo")
     assert (cfg.distill.teacher, cfg.model.depth, cfg.data.crop, cfg.train.batch_size) == ("demo", 3, 96, 8)
     assert cfg.train.epochs * cfg.train.steps_per_epoch == 1500
+
+
+def test_nbsn_distill_configs_train_the_release_student():
+    sidd = configlib.resolve("distill_nbsn_sidd", [(["data", "dir"], "x"), (["distill", "teacher"], "t")])
+    assert (sidd.model.arch, sidd.model.base_ch, sidd.model.depth, sidd.data.crop, sidd.optim.lr) == ("nbsn", 48, 5, 128, 1e-4)
+    demo = configlib.resolve("distill_nbsn_demo")
+    assert (demo.model.arch, demo.model.base_ch, demo.model.depth, demo.distill.teacher) == ("nbsn", 16, 5, "demo")
+    assert demo.data.crop % 2**demo.model.depth == 0  # no padding inside the U-Net while training
 
 
 def test_tmbsn_sidd_is_the_release_recipe():

@@ -99,6 +99,19 @@ def test_a_release_pth_teaches_as_its_converted_checkpoint(run, data, pth, tmp_p
         np.testing.assert_array_equal(cv2.imread(str(target)), cv2.imread(str(run / "teacher" / target.name)))
 
 
+def test_an_nbsn_student_distils_saves_and_resumes(data, ckpt, val_dir, tmp_path):
+    """`model.arch=nbsn` is the student: 3 steps, saved, then resumed to 6 from step 3."""
+    workdir = tmp_path / "nbsn"
+    nbsn = ("--set", "model.arch=nbsn")
+    assert train_main(distill_argv(data, workdir, ckpt, val_dir, 3, *nbsn)) == 0
+    assert load_checkpoint(workdir).step == 3
+    assert train_main(distill_argv(data, workdir, ckpt, val_dir, 6, *nbsn)) == 0
+    checkpoint = load_checkpoint(workdir)
+    assert (checkpoint.step, checkpoint.meta.arch, checkpoint.meta.config["depth"]) == (6, "nbsn", 2)
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert steps[-1] == 6 and 4 in steps
+
+
 def test_shots_pair_each_noisy_shot_with_its_scenes_other(tmp_path):
     scene = tmp_path / "0001_001_S6_01300_00100_5500_N"
     scene.mkdir()
