@@ -12,11 +12,15 @@ bsn-input pixel; a training step counts forward and backward), and both framewor
 divide that same count by their own time. Case `onnx256` is the bsn forward at 256 x 256 in
 onnxruntime (CPU) against JAX: its "torch" column is onnxruntime running the graph that
 `convert/to_onnx.py` writes, with the JAX model's random weights.
+
+`--smoke` runs every case once at a tiny size (networks of C = 8, blocks of a few dozen
+pixels): its numbers mean nothing, it checks that the cases run (tests/bench/test_bench.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -41,8 +45,24 @@ CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx
 # devices that share the same cores: the numbers then show overhead, not speed-up).
 EVAL_DEVICES = (1, 2, 4)
 EVAL_BLOCKS_PER_DEVICE = 2
-MATMUL_N = 4096
-TRAIN_BATCH, TRAIN_CROP = 8, 120  # the release's recipe: batch 8 of 120 x 120 crops, PD 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """What the cases run at."""
+
+    smoke: bool  # networks narrow (`_network`)
+    matmul: int
+    side_divisor: int  # the block side a case names (256, 264) is divided by it
+    train_batch: int
+    train_crop: int
+    eval_side_cpu: int  # eval_throughput's block side on a CPU
+
+
+# The release's: train step of batch 8 of 120 x 120 crops, PD 5; a CPU takes ~1 s for a 64 block at C = 128.
+FULL = Sizes(smoke=False, matmul=4096, side_divisor=1, train_batch=8, train_crop=120, eval_side_cpu=64)
+SMOKE = Sizes(smoke=True, matmul=64, side_divisor=8, train_batch=2, train_crop=40, eval_side_cpu=16)
+SIZES = FULL  # main() sets SMOKE for --smoke, in this process and in its children
 
 
 def _timed(fn: Callable[[], object], repeats: int, first_call=None) -> dict:
@@ -58,8 +78,14 @@ def _timed(fn: Callable[[], object], repeats: int, first_call=None) -> dict:
     return {"first_call_s": first, "median_s": statistics.median(times), "runs_s": times}
 
 
+def _network(arch: str) -> dict:
+    """The config every case builds `arch` with: the release's; for --smoke C = 8 (the depth
+    stays the release's: the PyTorch reference exists only at that depth)."""
+    return {"base_ch": 8} if SIZES.smoke else {}
+
+
 def _side(case: str) -> int:
-    return int(case[len("forward") :]) if case.startswith("forward") else 256
+    return (int(case[len("forward") :]) if case.startswith("forward") else 256) // SIZES.side_divisor
 
 
 def _is_forward(case: str) -> bool:
@@ -77,12 +103,12 @@ def run_jax(case: str, arch: str, repeats: int) -> dict:
     from ambsn_jax.inference.release import default_inference
 
     if case == "matmul":
-        a = jnp.asarray(np.random.rand(MATMUL_N, MATMUL_N), jnp.float32)
+        a = jnp.asarray(np.random.rand(SIZES.matmul, SIZES.matmul), jnp.float32)
         f = jax.jit(lambda a: a @ a)
         return _timed(lambda: f(a).block_until_ready(), repeats)
     if case == "train_step":
         return _timed(_jax_train_step(arch), repeats)
-    model = registry.build(arch, {})
+    model = registry.build(arch, _network(arch))
     if case == "eval_throughput":
         return _eval_throughput(arch, model, repeats)
     side = _side(case)
@@ -109,7 +135,7 @@ def _eval_throughput(arch: str, model, repeats: int) -> dict:
 
     meta = CheckpointMeta.for_release(arch, model.config, source="random init")
     den = BatchDenoiser(arch, model.config, default_inference(meta)).bind(params_of(model))
-    side = 64 if jax.default_backend() == "cpu" else 256  # a CPU takes ~1 s for a 64 block at C = 128
+    side = SIZES.eval_side_cpu if jax.default_backend() == "cpu" else _side("denoise256")
     n = EVAL_BLOCKS_PER_DEVICE * den.devices
     x = np.random.RandomState(0).uniform(0, 255, (n, side, side, 3)).astype(np.float32)
     keys = jax.random.split(jax.random.key(0), n)
@@ -132,13 +158,13 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
     tx = optimizer(cfg.optim, schedule)
 
     def new_model():
-        return registry.build(arch, {})
+        return registry.build(arch, _network(arch))
 
-    graphdef = registry.graphdef(arch, {})
+    graphdef = registry.graphdef(arch, _network(arch))
     recipe = Recipe.of(cfg)
     state = [jax.jit(partial(init_state, new_model, tx, 0, recipe))()]
     step = jax.jit(partial(train_step, graphdef, tx, schedule, recipe), donate_argnums=0)
-    batch = np.random.RandomState(0).uniform(0, 255, (TRAIN_BATCH, TRAIN_CROP, TRAIN_CROP, 3))
+    batch = np.random.RandomState(0).uniform(0, 255, (SIZES.train_batch, SIZES.train_crop, SIZES.train_crop, 3))
     batch = jnp.asarray(batch, jnp.float32)
 
     def run():
@@ -153,12 +179,13 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
 
     from ambsn_jax.convert.reference import ReleaseDenoiser, twin_of
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    # Tiny cases gain nothing from threads, and on a loaded CPU idle ones cost seconds.
+    torch.set_num_threads(1 if SIZES.smoke else os.cpu_count() or 1)
     # On a GPU machine, the release on the same GPU, with PyTorch's defaults (TF32 convolutions).
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if case == "matmul":
-        a = torch.rand(MATMUL_N, MATMUL_N, device=device)
+        a = torch.rand(SIZES.matmul, SIZES.matmul, device=device)
         return _timed(lambda: (a @ a, sync()), repeats)
     torch.manual_seed(0)
     if case == "onnx256":
@@ -167,12 +194,12 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     if "hole" in record.release_inference:  # TM-BSN: its release's code, on 0..1 (bench/tmbsn_torch.py)
         from tmbsn_torch import case_fn
 
-        fn, code = case_fn(case, _side(case), TRAIN_BATCH, TRAIN_CROP, device, sync)
+        fn, code = case_fn(case, _side(case), SIZES.train_batch, SIZES.train_crop, device, sync)
         return _counted(fn, repeats) | {"code": code}
-    net = ReleaseDenoiser(bsn=twin_of(record.config()), tta=record.release_tta).to(device)
+    net = ReleaseDenoiser(bsn=twin_of(record.config(**_network(arch))), tta=record.release_tta).to(device)
     if case == "train_step":
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-        x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP, device=device) * 255
+        x = torch.rand(SIZES.train_batch, 3, SIZES.train_crop, SIZES.train_crop, device=device) * 255
 
         def fn():
             opt.zero_grad()
@@ -223,13 +250,14 @@ def _onnxruntime_forward(arch: str, repeats: int) -> dict:
     from ambsn_jax.checkpoint.store import params_of
     from ambsn_jax.convert import onnx_export
 
-    model = registry.build(arch, {})
+    model = registry.build(arch, _network(arch))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bsn.onnx"
         ref = onnx_export.reference_for_export(params_of(model), model.config)
         onnx_export.export_graph(ref.bsn, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = np.random.RandomState(0).uniform(0, 255, (1, 3, 256, 256)).astype(np.float32)
+    side = _side("onnx256")
+    x = np.random.RandomState(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)
     r = _timed(lambda: session.run(None, {"x": x}), repeats)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -245,16 +273,18 @@ def _jax_device_peak_mib() -> float | None:
     return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
 
 
-def _child(case: str, arch: str, framework: str, repeats: int) -> None:
+def measure(case: str, arch: str, framework: str, repeats: int) -> dict:
+    """What a child process reports (peak memory: the whole process's, so one case per process)."""
     r = (run_jax if framework == "jax" else run_torch)(case, arch, repeats)
     r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if framework == "jax" and (peak := _jax_device_peak_mib()) is not None:
         r["device_peak_mib"] = peak
-    print(json.dumps(r))
+    return r
 
 
 def _run_child(case: str, arch: str, framework: str, repeats: int, devices: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", case, arch, framework, "--repeats", str(repeats)]
+    cmd += ["--smoke"] if SIZES.smoke else []
     env = dict(os.environ)
     if devices is not None:
         # Affects the host (CPU) platform only: a GPU machine runs on its own devices.
@@ -284,16 +314,19 @@ def _table(results: dict, archs: list[str], cases: list[str]) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global SIZES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", choices=ARCHS, default=ARCHS)
     ap.add_argument("--only", nargs="+", choices=CASES, default=CASES)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    ap.add_argument("--json", type=Path, help="where the results go (default bench/results.json; --smoke: none)")
+    ap.add_argument("--smoke", action="store_true", help="every case once at a tiny size: checks that they run")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "ARCH", "FRAMEWORK"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    SIZES = SMOKE if args.smoke else FULL
     if args.child:
-        _child(*args.child, args.repeats)
+        print(json.dumps(measure(*args.child, args.repeats)))
         return 0
     results = {}
     runs = [(case, "-") for case in args.only if case == "matmul"]
@@ -315,7 +348,7 @@ def main() -> int:
             if "error" in r:
                 print(f"{name:22s} {fw:6s} FAILED: {r['error']}", flush=True)
                 continue
-            flops = 2 * MATMUL_N**3 if case == "matmul" else results[f"{name}/torch"].get("flops")
+            flops = 2 * SIZES.matmul**3 if case == "matmul" else results[f"{name}/torch"].get("flops")
             r["gflops"] = flops / r["median_s"] / 1e9 if flops else float("nan")
             print(f"{name:22s} {fw:6s} median {r['median_s']:8.3f} s  first {r['first_call_s']:8.2f} s  "
                   f"{r['gflops']:7.1f} GFLOP/s  peak {r['peak_rss_mib']:7.0f} MiB", flush=True)  # fmt: skip
@@ -327,8 +360,10 @@ def main() -> int:
         print(f"{r['arch']:6s} {r['case']:11s} {r['jax_s']:9.3f} {r['torch_s']:9.3f} {r['speedup']:7.2f}x "
               f"{r['jax_gflops']:8.1f} {share:>9s} {r['jax_compile_s']:9.1f}")  # fmt: skip
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
-    args.json.write_text(json.dumps({"machine": machine, "results": results, "table": table}, indent=1))
-    print(f"\nwrote {args.json}")
+    path = args.json or (None if args.smoke else ROOT / "bench" / "results.json")
+    if path is not None:
+        path.write_text(json.dumps({"machine": machine, "results": results, "table": table}, indent=1))
+        print(f"\nwrote {path}")
     failed = [k for k, r in results.items() if "error" in r]
     return 1 if failed else 0
 

@@ -1,0 +1,54 @@
+"""bench/bench.py at `--smoke` size: every case of the benchmark runs, so that none breaks unseen.
+
+The cases run in this process (`measure` in place of a child process each: one JAX import
+instead of a dozen); one real child checks the subprocess protocol and the forced devices.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load_script(name: str):
+    """bench/<name>.py as a fresh module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bench():
+    module = load_script("bench")
+    yield module
+    sys.modules.pop(module.__name__, None)
+
+
+def test_every_case_runs_at_smoke_size(bench, monkeypatch, tmp_path):
+    def in_process(case, arch, framework, repeats, devices=None):
+        return bench.measure(case, arch, framework, repeats)
+
+    monkeypatch.setattr(bench, "_run_child", in_process)
+    out = tmp_path / "results.json"
+    assert bench.main(["--smoke", "--arch", "ambsn", "--repeats", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert not [k for k, r in results["results"].items() if "error" in r]
+    timed = set(bench.CASES) - {"matmul", "eval_throughput"}  # the table's rows: JAX against another framework
+    assert {row["case"] for row in results["table"]} == timed
+    assert all(row["jax_s"] > 0 and row["torch_s"] > 0 for row in results["table"])
+    assert {results["results"][f"ambsn/eval_throughput/jax{d}"]["blocks"] for d in bench.EVAL_DEVICES} == {2}
+
+
+def test_a_child_process_runs_on_forced_devices(bench):
+    bench.SIZES = bench.SMOKE
+    r = bench._run_child("eval_throughput", "ambsn", "jax", 1, devices=2)
+    assert r.get("devices") == 2, r
+    assert r["blocks"] == 2 * bench.EVAL_BLOCKS_PER_DEVICE
