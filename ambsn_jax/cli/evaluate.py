@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "default tf32 on GPUs, as PyTorch runs the releases there, highest elsewhere. PSNR cost in bench/NOTES.md",
     )  # fmt: skip
     inf.add_argument(
-        "--no-winograd", action="store_true",
-        help="XLA's convolutions on CPUs too (by default 3x3 / 5x5 convolutions run by Winograd's algorithm there)",
+        "--winograd", action="store_true",
+        help="3x3 convolutions by Winograd's algorithm on CPUs (opt-in: see bench/NOTES.md; default XLA's)",
     )  # fmt: skip
     inf.add_argument(
         "--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="N",
@@ -181,7 +181,7 @@ def _inference_config(args: argparse.Namespace, checkpoint: Any):
     precision = {} if args.precision is None else {"precision": args.precision}
     return default_inference(
         checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble,
-        winograd=not args.no_winograd, **precision
+        winograd=args.winograd, **precision
     )
 
 

@@ -37,7 +37,7 @@ class InferenceConfig:
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
     hole: int | None = None  # TM-BSN's hole size, passed to the network at every call; None: a network without one
     pad_mode: str = "constant"  # of the PD-1 pass's padding: TM-BSN's benchmark reflects
-    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
+    winograd: bool = False  # 3x3 convs by Winograd's algorithm on CPUs (`ops.winograd`); opt-in until measured end to end
     # Reflection padding of the whole input around everything above, cropped after: the NBSN
     # release's benchmark pads by 16 (its `--pad`); 0 for the other networks.
     reflect_pad: int = 0

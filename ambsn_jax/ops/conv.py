@@ -8,8 +8,9 @@ slower than PyTorch's:
   whole output gradient (e.g. 130 x 130 taps), 4-5x the forward's time. It is, tap by tap, a
   matrix product (input window of the tap)^T @ (output gradient): on CPUs that is what runs.
   GPUs keep XLA's own (cuDNN's backward-filter kernels).
-On CPUs the 3x3 and 5x5 convolutions (forward and both gradients) run by Winograd's minimal
-filtering (`ops/winograd.py`), unless traced inside `winograd(False)`; elsewhere the forward
+Traced inside `winograd(True)`, on CPUs the unmasked 3x3 and 5x5 convolutions (forward and both
+gradients) run by Winograd's minimal filtering (`ops/winograd.py`). It is opt-in: only single
+layers were measured faster (bench/NOTES.md), not yet whole networks; elsewhere the forward
 pass and the input gradient of k x k convolutions are XLA's.
 """
 
@@ -29,7 +30,7 @@ Padding = tuple[tuple[int, int], ...]
 Dilation = tuple[int, ...]
 
 # Read when a network is traced: the switch of InferenceConfig.winograd / train.winograd.
-_WINOGRAD = contextvars.ContextVar("ambsn_jax_winograd", default=True)
+_WINOGRAD = contextvars.ContextVar("ambsn_jax_winograd", default=False)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ class Recipe:
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
     distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
     hole: int | None = None  # TM-BSN's hole size in the training forward; None: a network without one
-    winograd: bool = True  # 3x3 / 5x5 convolutions by Winograd's algorithm on CPUs (`ops.winograd`)
+    winograd: bool = False  # 3x3 convs by Winograd's algorithm on CPUs (`ops.winograd`); opt-in until measured end to end
 
     @property
     def batch_channels(self) -> int:

@@ -118,7 +118,7 @@ def test_inference_config_needs_the_training_pd_and_reports_the_release_names():
         InferenceConfig()  # type: ignore[call-arg]
     assert RELEASE.release_options() == {
         "pd_a": 5, "pd_b": 2, "pd_pad": 2, "R3": True, "R3_T": 8, "R3_p": 0.16, "tta": True,
-        "self_ensemble": False, "precision": "highest", "winograd": True,
+        "self_ensemble": False, "precision": "highest", "winograd": False,
     }  # fmt: skip
 
 
