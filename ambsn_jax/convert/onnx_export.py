@@ -32,6 +32,7 @@ from ambsn_jax.convert.verify import require_within
 from ambsn_jax.errors import UserError
 from ambsn_jax.files import atomic_path
 from ambsn_jax.inference.release import InferenceConfig, default_inference, denoise
+from ambsn_jax.nets import registry
 
 if TYPE_CHECKING:  # torch is an optional dependency, imported where it is used
     import torch
@@ -62,7 +63,8 @@ def reference_for_export(params: Any, config: Any, pd_pad: int = 2) -> "torch.nn
 
     ref = ReleaseDenoiser(bsn=twin_of(config), pd_pad=pd_pad)
     state = {k: torch.from_numpy(v) for k, v in params_to_state_dict(params, config).items()}
-    ref.load_state_dict(state, strict=True)
+    # A bare state dict (NBSN's) holds the network's own keys, without the Denoiser's `bsn.`.
+    (ref.bsn if registry.of_config(config).bare_state_dict else ref).load_state_dict(state, strict=True)
     for module in ref.modules():
         if isinstance(module, MaskedConv2d):
             # The release multiplies the mask into the weight in place at each forward;

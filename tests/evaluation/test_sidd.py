@@ -66,7 +66,7 @@ def test_validation_equals_the_pytorch_reference_pipeline(val_dir, pth, scaled_s
     assert rep["options"] == {
         "dataset": str(val_dir), "seed": 0, "batch": 3, "limit": None,
         "pd_a": 5, "pd_b": 2, "pd_pad": 2, "R3": False, "R3_T": 8, "R3_p": 0.16, "tta": True,
-        "self_ensemble": False, "precision": "highest",
+        "self_ensemble": False, "precision": "highest", "winograd": False,
     }  # fmt: skip
     assert rep["checkpoint"] == {
         "path": str(pth), "step": None, "sha256": hashlib.sha256(pth.read_bytes()).hexdigest(),

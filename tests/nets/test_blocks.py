@@ -13,7 +13,8 @@ from ambsn_jax.nets.blocks import DCB2, DCl, Tail, conv
 from ambsn_jax.nets.masks import blind_spot_mask
 from ambsn_jax.ops.conv import winograd
 
-ARCHS = [a.name for a in registry.ARCHITECTURES.values() if a.blind_spot]
+# TM-BSN's convs are all masked, so Winograd never runs in it: nothing to check there.
+ARCHS = [a.name for a in registry.ARCHITECTURES.values() if a.blind_spot and a.name != "tmbsn"]
 
 
 def test_dcl_is_x_plus_pointwise_of_relu_of_the_dilated_conv(rng):
