@@ -107,14 +107,19 @@ def _conv_bwd(padding, dilation, tile, residuals, g):
     def xla_grads(x, w, g):
         return jax.vjp(lambda x, w: _xla_conv(x, w, padding, dilation), x, w)[1](g)
 
-    def cpu_grads(x, w, g):
-        if tile is not None:
-            # The transforms are linear: autodiff's gradients are transform-domain products too.
+    if tile is not None:
+        # The transforms are linear: autodiff's gradients are transform-domain products too.
+        def wino_grads(x, w, g):
             return jax.vjp(lambda x, w: wino.conv(x, w, padding, dilation, tile), x, w)[1](g)
-        (dx,) = jax.vjp(lambda x: _xla_conv(x, w, padding, dilation), x)[1](g)
-        return dx, kernel_grad_by_taps(w.shape, padding, dilation, x, g)
 
-    return jax.lax.platform_dependent(x, w, g, cpu=cpu_grads, default=xla_grads)
+        return jax.lax.platform_dependent(x, w, g, cpu=wino_grads, default=xla_grads)
+    # Without Winograd only the kernel gradient differs by platform: the input gradient stays
+    # outside the switch, so an export for several platforms holds one copy of it.
+    (dx,) = jax.vjp(lambda x: _xla_conv(x, w, padding, dilation), x)[1](g)
+    dw = jax.lax.platform_dependent(
+        x, g, cpu=partial(kernel_grad_by_taps, w.shape, padding, dilation), default=lambda x, g: xla_grads(x, w, g)[1]
+    )
+    return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
