@@ -115,6 +115,7 @@ class LogSection:
 class DistillSection:
     teacher: str | None  # blind-spot checkpoint (Orbax dir, workdir or .pth; "demo": the shipped demo weights) whose default inference the student learns; "shots": the other noisy shot of each scene (Noise2Noise); null: self-supervised training
     targets_dir: str | None  # where the teacher's outputs of the training images are kept; null: <workdir>/teacher
+    recharge: list[int]  # TM-BSN teacher's hole sizes: its outputs at each, mixed by the release's Recharger (train/recharge.py); []: its default inference alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +264,16 @@ def apply_overrides(tree: dict[str, Any], overrides: Iterable[tuple[list[str], A
     return tree
 
 
+def _check_recharge(distill: DistillSection) -> None:
+    holes = distill.recharge
+    if not holes:
+        return
+    if distill.teacher is None:
+        raise UserError(f"distill.recharge {holes}: mixes a TM-BSN teacher's outputs; set distill.teacher to one")
+    if min(holes) < 0 or len(set(holes)) != len(holes):
+        raise UserError(f"distill.recharge {holes}: distinct hole sizes, none negative (the release: [2, 3, 4, 5, 6])")
+
+
 def check_values(cfg: Config) -> Config:
     """Checks between values that the types alone do not catch."""
     if cfg.model.arch not in registry.ARCHITECTURES:
@@ -281,6 +292,7 @@ def check_values(cfg: Config) -> Config:
             f"the {record.display_name} learns from a teacher: --set distill.teacher=CKPT "
             "(a checkpoint of AM-BSN, AP-BSN or MM-BSN: Orbax dir, training workdir or .pth)"
         )
+    _check_recharge(cfg.distill)
     if not record.blind_spot and (cfg.train.pd, cfg.train.pd_pad) != (1, 0):
         raise UserError(
             f"the {record.display_name} sees whole images: train.pd must be 1 and train.pd_pad 0, "

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 
 from ambsn_jax import mesh as meshlib
-from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
+from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
 from ambsn_jax.errors import UserError
 from ambsn_jax.evaluation.folder import denoise_files, output_paths, resume_options
 from ambsn_jax.evaluation.resume import Resume
@@ -38,9 +39,12 @@ def teacher_path(teacher: str) -> str:
     return str(DEMO_CHECKPOINT) if teacher == "demo" else teacher
 
 
-def source_note(teacher: str) -> str:
+def source_note(teacher: str, recharge: tuple[int, ...] = ()) -> str:
     """What the checkpoints' metadata says the student learned from."""
-    return "Noise2Noise on each scene's two noisy shots" if teacher == SHOTS else f"distilled from {teacher_path(teacher)}"
+    if teacher == SHOTS:
+        return "Noise2Noise on each scene's two noisy shots"
+    mixed = f", its holes {', '.join(map(str, recharge))} recharged" if recharge else ""
+    return f"distilled from {teacher_path(teacher)}{mixed}"
 
 
 def shot_pairs(images: list[Path]) -> list[tuple[Path, Path]]:
@@ -64,29 +68,48 @@ def shot_pairs(images: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def teacher_targets(
-    teacher: str, images: list[Path], targets_dir: Path, seed: int, precision: str
-) -> list[tuple[Path, Path]]:
+    teacher: str, images: list[Path], targets_dir: Path, seed: int, precision: str, recharge: tuple[int, ...] = ()
+) -> list[tuple[Path, ...]]:
     """(noisy image, teacher's output) for every training image, the outputs made where missing
-    (`teacher` SHOTS: `shot_pairs`, nothing computed).
+    (`teacher` SHOTS: `shot_pairs`, nothing computed); with `recharge` hole sizes, (noisy
+    image, the TM-BSN teacher's output at each hole) instead, each hole's in its own folder
+    `targets_dir/hole<h>`.
 
-    The teacher runs its default inference (AM-BSN: PD-2 / PD-5 fusion then R3), image i
-    drawing its R3 randomness from (seed, i) as `evaluate.py` does; outputs are rounded as
-    saved images are. Raises UserError if the teacher is not a blind-spot network or an image
-    fails.
+    The teacher runs its default inference (AM-BSN: PD-2 / PD-5 fusion then R3; TM-BSN: one
+    reflect-padded pass, at the hole given), image i drawing its R3 randomness from (seed, i)
+    as `evaluate.py` does; outputs are rounded as saved images are. Raises UserError if the
+    teacher is not a blind-spot network (with `recharge`: not TM-BSN) or an image fails.
     """
     if teacher == SHOTS:
+        if recharge:
+            raise UserError(f"distill.recharge mixes a TM-BSN teacher's outputs; distill.teacher={SHOTS} has none")
         return shot_pairs(images)
     checkpoint = load_checkpoint(teacher_path(teacher))
     record = checkpoint.meta.architecture
     if not record.blind_spot:
         raise UserError(f"distill.teacher {teacher}: a {record.display_name}; the teacher must be AM-BSN, AP-BSN or MM-BSN")
-    inference = default_inference(checkpoint.meta, precision=precision)
+    if recharge and "hole" not in record.release_inference:
+        raise UserError(f"distill.recharge: mixes a TM-BSN teacher's outputs at several hole sizes; {teacher} is a {record.display_name}")
+    if not recharge:
+        outputs = _denoised(checkpoint, images, targets_dir, seed, precision)
+        return list(outputs.items())
+    per_hole = [_denoised(checkpoint, images, targets_dir / f"hole{h}", seed, precision, hole=h) for h in recharge]
+    return [(image, *(outputs[image] for outputs in per_hole)) for image in images]
+
+
+def _denoised(
+    checkpoint: Checkpoint, images: list[Path], targets_dir: Path, seed: int, precision: str, **switches: Any
+) -> dict[Path, Path]:
+    """`evaluate.py --input` of the teacher with its default inference (`switches` changed):
+    the output of every image, made where missing (this process's share)."""
+    inference = default_inference(checkpoint.meta, precision=precision, **switches)
     tiling = Tiling()
     denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, inference, meshlib.local_mesh())
     outputs = output_paths(images, targets_dir)
     targets_dir.mkdir(parents=True, exist_ok=True)
     # evaluate.py's own record: targets it wrote for this teacher and seed are taken as they are.
     resume = Resume(targets_dir, resume_options(checkpoint, inference, seed, tiling), overwrite=False)
+    record = checkpoint.meta.architecture
     if jax.process_index() == 0:
         print(
             f"teacher {checkpoint.path} ({record.display_name}, C={checkpoint.meta.config.get('base_ch')}): "
@@ -103,4 +126,4 @@ def teacher_targets(
     failed = meshlib.total(len(failures))
     if failed:
         raise UserError(f"the teacher could not denoise {failed} of the {len(images)} training images (listed above)")
-    return list(outputs.items())
+    return outputs

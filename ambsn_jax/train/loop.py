@@ -64,7 +64,9 @@ def training_meta(cfg: Config) -> CheckpointMeta:
     """The metadata of the run's checkpoints: the network, the PD it trains with, and which
     weights they serve."""
     config = registry.network_config(cfg.model.arch, cfg.network_fields())
-    teacher = "" if cfg.distill.teacher is None else f", {distill.source_note(cfg.distill.teacher)}"
+    teacher = ""
+    if cfg.distill.teacher is not None:
+        teacher = f", {distill.source_note(cfg.distill.teacher, tuple(cfg.distill.recharge))}"
     return CheckpointMeta.for_network(
         cfg.model.arch,
         config,
@@ -142,7 +144,9 @@ def prepare(cfg: Config, workdir: Path) -> Run:
     sources = paths
     if cfg.distill.teacher is not None:
         targets = Path(cfg.distill.targets_dir) if cfg.distill.targets_dir else workdir / distill.TARGETS_DIR
-        sources = distill.teacher_targets(cfg.distill.teacher, paths, targets, cfg.seed, recipe.precision)
+        sources = distill.teacher_targets(
+            cfg.distill.teacher, paths, targets, cfg.seed, recipe.precision, tuple(cfg.distill.recharge)
+        )
     steps = Steps.of(cfg, len(paths))
     meta = training_meta(cfg)
     schedule = lr_schedule(cfg.optim, steps.per_epoch)

@@ -15,10 +15,25 @@ import jax
 import jax.numpy as jnp
 
 
-def recharge(key: jax.Array, noisy: jax.Array, targets: jax.Array) -> jax.Array:
-    """`targets` (K, N, H, W, C) with, at every pixel (n, h, w), one target drawn uniformly from
-    `key` replaced by `noisy` (N, H, W, C) there."""
-    k, n, h, w = targets.shape[:4]
-    drawn = jax.random.randint(key, (n, h, w), 0, k)
+def mix(drawn: jax.Array, noisy: jax.Array, targets: jax.Array) -> jax.Array:
+    """`targets` (K, N, H, W, C) with target `drawn[n, h, w]` (N, H, W ints in 0..K-1) replaced
+    by `noisy` (N, H, W, C) at every pixel (n, h, w)."""
+    k = targets.shape[0]
     chosen = (jnp.arange(k)[:, None, None, None] == drawn[None])[..., None]
     return jnp.where(chosen, noisy[None], targets)
+
+
+def recharge(key: jax.Array, noisy: jax.Array, targets: jax.Array) -> jax.Array:
+    """`mix` with each pixel's target drawn uniformly from `key`."""
+    k, n, h, w = targets.shape[:4]
+    return mix(jax.random.randint(key, (n, h, w), 0, k), noisy, targets)
+
+
+def recharge_batch(key: jax.Array, batch: jax.Array) -> jax.Array:
+    """A distillation batch (N, H, W, 3 + 3K: the noisy crops, then K targets) with its targets
+    recharged, in the same layout."""
+    n, h, w, c = batch.shape
+    noisy, targets = batch[..., :3], batch[..., 3:]
+    stacked = jnp.moveaxis(targets.reshape(n, h, w, (c - 3) // 3, 3), 3, 0)
+    mixed = recharge(key, noisy, stacked)
+    return jnp.concatenate([noisy, jnp.moveaxis(mixed, 0, 3).reshape(n, h, w, c - 3)], axis=-1)

@@ -22,7 +22,9 @@ from ambsn_jax.inference.release import pd_forward
 from ambsn_jax.ops.conv import winograd
 from ambsn_jax.ops.precision import convolutions_in, default_precision, with_precision
 from ambsn_jax.train.config import Config, OptimSection
+from ambsn_jax.train.recharge import recharge_batch
 
+_RECHARGE_STREAM = 1  # of the step's key: the Recharger's draws, apart from the sub-image order's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,20 +39,23 @@ class Recipe:
     ema_decay: float | None  # of the served average of the weights; None: none kept
     skip_nonfinite: bool = False  # a non-finite step leaves the state as it was (else it is applied, and flagged)
     distill: bool = False  # batches pair noisy crops with the teacher's (channels 3..5): L1 to those
+    # The Recharger's K teacher targets per crop (channels 3 .. 3 + 3K), mixed with the noisy
+    # crop at every step (`recharge`), the loss a sum of L1 to each; 0: one target, unmixed.
+    recharge: int = 0
     hole: int | None = None  # TM-BSN's hole size in the training forward; None: a network without one
     winograd: bool = False  # 3x3 convs by Winograd's algorithm on CPUs (`ops.winograd`); opt-in until measured end to end
 
     @property
     def batch_channels(self) -> int:
         """Channels of a batch: the noisy crops' RGB, then the teacher's when distilling."""
-        return 6 if self.distill else 3
+        return 3 + 3 * max(1, self.recharge) if self.distill else 3
 
     @classmethod
     def of(cls, cfg: Config) -> Recipe:
         t = cfg.train
         return cls(
             t.pd, t.pd_pad, t.pd_shuffle, t.accum_steps, t.precision or default_precision(), cfg.optim.ema_decay,
-            t.skip_nonfinite, cfg.distill.teacher is not None, t.hole, t.winograd,
+            t.skip_nonfinite, cfg.distill.teacher is not None, len(cfg.distill.recharge), t.hole, t.winograd,
         )  # fmt: skip
 
 
@@ -121,14 +126,16 @@ def l1_loss(
 ) -> jax.Array:
     """The self-supervised loss, L1 between the PD forward of the noisy crops and the crops
     themselves; with `recipe.distill`, L1 between the network's output on the noisy crops
-    (channels 0..2) and the teacher's (3..5). The mean over all pixels either way."""
+    (channels 0..2) and the teacher's (3..5), or the sum of those to each of the Recharger's K
+    targets (the release's loss). The mean over all pixels of each term either way."""
     net = with_precision(nnx.merge(graphdef, params), recipe.precision)
     if recipe.hole is not None:
         net = partial(net, hole=recipe.hole)
     with convolutions_in(recipe.precision), winograd(recipe.winograd):
         if recipe.distill:
-            noisy, target = jnp.split(batch, 2, axis=-1)
-            return jnp.mean(jnp.abs(net(noisy) - target))
+            out = net(batch[..., :3])
+            targets = jnp.split(batch[..., 3:], max(1, recipe.recharge), axis=-1)
+            return sum(jnp.mean(jnp.abs(out - target)) for target in targets)
         return jnp.mean(jnp.abs(pd_forward(net, batch, recipe.pd, recipe.pd_pad, perm) - batch))
 
 
@@ -174,6 +181,9 @@ def train_step(
     perm = None
     if recipe.pd_shuffle:
         perm = jax.random.permutation(jax.random.fold_in(state.rng, state.step), recipe.pd * recipe.pd)
+    if recipe.recharge:
+        # The whole batch mixed at once, so that accumulation's micro-batches do not change the draw.
+        batch = recharge_batch(jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _RECHARGE_STREAM), batch)
     loss, grads = _loss_and_grads(state.params, graphdef, batch, recipe, perm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -101,9 +101,22 @@ def test_distill_demo_is_the_shipped_students_recipe():
 def test_nbsn_distill_configs_train_the_release_student():
     sidd = configlib.resolve("distill_nbsn_sidd", [(["data", "dir"], "x"), (["distill", "teacher"], "t")])
     assert (sidd.model.arch, sidd.model.base_ch, sidd.model.depth, sidd.data.crop, sidd.optim.lr) == ("nbsn", 48, 5, 128, 1e-4)
+    assert sidd.distill.recharge == [2, 3, 4, 5, 6]  # train_distill.py --h_set 2 3 4 5 6 --recharge
     demo = configlib.resolve("distill_nbsn_demo")
     assert (demo.model.arch, demo.model.base_ch, demo.model.depth, demo.distill.teacher) == ("nbsn", 16, 5, "demo")
+    assert demo.distill.recharge == []  # its teacher is the shipped AM-BSN: one target
     assert demo.data.crop % 2**demo.model.depth == 0  # no padding inside the U-Net while training
+
+
+@pytest.mark.parametrize("name,teacher,holes,message", [
+    ("tmbsn_demo", None, [2, 3], "mixes a TM-BSN teacher's outputs; set distill.teacher"),
+    ("distill_nbsn_sidd", "t", [2, 2], "distinct hole sizes, none negative"),
+    ("distill_nbsn_sidd", "t", [-1], "distinct hole sizes, none negative"),
+])  # fmt: skip
+def test_recharge_needs_a_teacher_and_distinct_holes(name, teacher, holes, message):
+    overrides = [(["data", "dir"], "x"), (["distill", "teacher"], teacher), (["distill", "recharge"], holes)]
+    with pytest.raises(UserError, match=message):
+        configlib.resolve(name, overrides)
 
 
 def test_tmbsn_sidd_is_the_release_recipe():

@@ -8,15 +8,21 @@ from __future__ import annotations
 import json
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
-from ambsn_jax.checkpoint.store import load_checkpoint
+from ambsn_jax.checkpoint.meta import CheckpointMeta
+from ambsn_jax.checkpoint.store import load_checkpoint, params_of, save_params
 from ambsn_jax.cli.train import main as train_main
 from ambsn_jax.errors import UserError
+from ambsn_jax.nets import registry
+from ambsn_jax.nets.tmbsn import TMBSNConfig
 from ambsn_jax.train import distill
 from ambsn_jax.train.validation import EVAL_FILE
 from tests.helpers import evaluate, one_error_line, run_main, write_images
+
+RECHARGE = ("--set", "model.arch=nbsn", "distill.recharge=[2,5]")
 
 
 def distill_argv(data, workdir, teacher, val_dir, steps: int, *extra: str) -> list[str]:
@@ -126,3 +132,45 @@ def test_shots_pair_each_noisy_shot_with_its_scenes_other(tmp_path):
         distill.shot_pairs([shots[0]])
     with pytest.raises(UserError, match="not a SIDD Medium noisy shot"):
         distill.shot_pairs([tmp_path / "photo.png"])
+
+
+@pytest.fixture(scope="module")
+def tmbsn_teacher(tmp_path_factory):
+    """A random narrow TM-BSN (C = 4, one block) as an Orbax checkpoint."""
+    cfg = TMBSNConfig(base_ch=4, blocks=1)
+    path = tmp_path_factory.mktemp("tmbsn") / "orbax"
+    save_params(path, params_of(registry.build("tmbsn", cfg, 0)), CheckpointMeta.for_release("tmbsn", cfg, source="random TM-BSN"))
+    return path
+
+
+def _losses(workdir):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss"] for line in lines if "loss" in line}
+
+
+def test_a_recharged_run_learns_each_hole_and_resumes_as_uninterrupted(data, tmbsn_teacher, val_dir, tmp_path, capsys):
+    """`distill.recharge` [2, 5]: the teacher's evaluate.py outputs at hole 2 and 5, each in its
+    folder; 6 steps straight equal 3, saved, then resumed to 6 (the Recharger's draws included)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train_main(distill_argv(data, straight, tmbsn_teacher, val_dir, 6, *RECHARGE)) == 0
+    assert train_main(distill_argv(data, resumed, tmbsn_teacher, val_dir, 3, *RECHARGE)) == 0
+    capsys.readouterr()
+    assert train_main(distill_argv(data, resumed, tmbsn_teacher, val_dir, 6, *RECHARGE)) == 0
+    assert "resuming at step 3" in capsys.readouterr().out
+    assert _losses(resumed) == _losses(straight) and sorted(_losses(straight)) == list(range(1, 7))
+    end = load_checkpoint(resumed)
+    jax.tree.map(np.testing.assert_array_equal, end.params, load_checkpoint(straight).params)
+    assert end.meta.source.endswith("its holes 2, 5 recharged")
+    # Hole 2 is TM-BSN's default inference, as distillation without the Recharger learns it.
+    images = sorted(data.glob("*.png"))
+    plain = distill.teacher_targets(str(tmbsn_teacher), images, tmp_path / "plain", seed=0, precision="highest")
+    for image, target in plain:
+        hole2, hole5 = (cv2.imread(str(straight / "teacher" / f"hole{h}" / target.name)) for h in (2, 5))
+        np.testing.assert_array_equal(hole2, cv2.imread(str(target)))
+        assert not np.array_equal(hole2, hole5)
+
+
+def test_recharge_needs_a_tmbsn_teacher(data, ckpt, val_dir, tmp_path, capsys):
+    code, _, err = run_main(train_main, distill_argv(data, tmp_path / "w", ckpt, val_dir, 3, *RECHARGE), capsys)
+    assert code == 2
+    assert "distill.recharge: mixes a TM-BSN teacher's outputs at several hole sizes" in one_error_line(err)

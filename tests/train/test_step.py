@@ -8,6 +8,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from flax import nnx
@@ -260,3 +261,28 @@ def test_cosine_schedule_is_the_tmbsn_release_scheduler():
     schedule = lr_schedule(cfg, steps_per_epoch=10)
     updates = [0, 1, 20, 21, 22, 35, 50, 51, 52, 80]
     np.testing.assert_allclose([float(schedule(u)) for u in updates], [release_lr(u) for u in updates], rtol=1e-5)
+
+
+def test_a_recharged_step_is_the_release_loss_on_its_mixed_targets(flax_model, reference):
+    """With the Recharger, the step's loss is the release's sum of L1s to the K targets after
+    each pixel gave its noisy value to one of them: with K equal targets T that is
+    (K - 1) L1(out, T) + L1(out, noisy) whichever target each pixel drew (unmixed: K L1(out, T))."""
+    cfg = StudentConfig(base_ch=4, depth=2)
+    model, twin = flax_model(cfg), reference(cfg).bsn.eval()
+    rng = np.random.default_rng(3)
+    noisy, target = (rng.uniform(0, 255, (2, 12, 12, 3)).astype(np.float32) for _ in range(2))
+    k = 3
+    batch = jnp.asarray(np.concatenate([noisy, *[target] * k], axis=-1))
+    recipe = Recipe(pd=1, pd_pad=0, pd_shuffle=False, accum_steps=1, precision="highest", ema_decay=None, distill=True, recharge=k)
+    assert recipe.batch_channels == 12
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    tx = optax.sgd(0.0)
+    train_state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), jax.random.key(0), None)
+    _, metrics = jax.jit(partial(train_step, graphdef, tx, lambda s: 0.0, recipe))(train_state, batch)
+    with torch.no_grad():
+        out = twin(torch.from_numpy(noisy.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    want = (k - 1) * np.abs(out - target).mean() + np.abs(out - noisy).mean()
+    np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
+    unmixed = l1_loss(params, graphdef, batch, recipe)
+    np.testing.assert_allclose(float(unmixed), k * np.abs(out - target).mean(), rtol=1e-5)
