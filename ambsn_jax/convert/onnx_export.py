@@ -136,7 +136,7 @@ def _hole_modules(params: Any, config: Any, cfg: InferenceConfig) -> tuple["torc
     twin = twin_of(config)
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in params_to_state_dict(params, config).items()}, strict=True)
     net = OnScale(twin.eval(), cfg.hole).eval()
-    return net, PaddedPass(net, cfg.pd_pad, cfg.pad_mode).eval()
+    return net, PaddedPass(net, cfg.reflect_pad).eval()
 
 
 def export_graphs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Path) -> None:

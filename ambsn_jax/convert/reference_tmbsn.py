@@ -133,12 +133,12 @@ class OnScale(nn.Module):
 class PaddedPass(nn.Module):
     """The release's benchmark pass around `net`: pad (reflected), run, crop back."""
 
-    def __init__(self, net: nn.Module, pad: int, mode: str = "reflect"):
+    def __init__(self, net: nn.Module, pad: int):
         super().__init__()
-        self.net, self.pad, self.mode = net, pad, mode
+        self.net, self.pad = net, pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pad
         if not p:
             return self.net(x)
-        return self.net(F.pad(x, (p, p, p, p), mode=self.mode))[:, :, p:-p, p:-p]
+        return self.net(F.pad(x, (p, p, p, p), mode="reflect"))[:, :, p:-p, p:-p]

@@ -36,10 +36,9 @@ class InferenceConfig:
     r3_batched: bool = False  # R3's T passes as one batch (more memory; on GPUs maybe faster) instead of in turn
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
     hole: int | None = None  # TM-BSN's hole size, passed to the network at every call; None: a network without one
-    pad_mode: str = "constant"  # of the PD-1 pass's padding: TM-BSN's benchmark reflects
     winograd: bool = False  # 3x3 convs by Winograd's algorithm on CPUs (`ops.winograd`); opt-in until measured end to end
-    # Reflection padding of the whole input around everything above, cropped after: the NBSN
-    # release's benchmark pads by 16 (its `--pad`); 0 for the other networks.
+    # Reflection padding of the whole input around everything above, cropped after: the TM-BSN
+    # and NBSN releases' benchmark pads by 16 (their `--pad`); 0 for the other networks.
     reflect_pad: int = 0
 
     def release_options(self) -> dict[str, Any]:
@@ -50,8 +49,8 @@ class InferenceConfig:
             **({"pad": self.reflect_pad} if self.reflect_pad else {}),
             "winograd": self.winograd,
         }  # fmt: skip
-        if self.hole is not None:  # TM-BSN's benchmark_sidd.py: --h, --pad (reflected)
-            options |= {"h": self.hole, "pad": self.pd_pad, "pad_mode": self.pad_mode}
+        if self.hole is not None:  # TM-BSN's benchmark_sidd.py --h
+            options["h"] = self.hole
         return options
 
 
@@ -64,8 +63,8 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     A non-blind network (the distilled student) sees every pixel: one pass of the network, no
     PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
     A record's `release_inference` sets what its release's test script does instead (TM-BSN:
-    one pass, reflect-padded by 16, at hole size 2, no R3; NBSN: its input reflected by 16),
-    whatever the metadata says.
+    one pass of its input reflected by 16, at hole size 2, no R3; NBSN: its input reflected
+    by 16), whatever the metadata says.
     The precision defaults to the platform's (`ops.precision.default_precision`).
     """
     record = meta.architecture
@@ -73,7 +72,7 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
         pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision()
     )
     if not record.blind_spot:
-        release = dataclasses.replace(release, pd_b=1, r3=False)
+        release = dataclasses.replace(release, pd_b=1, pd_pad=0, r3=False)
     release = dataclasses.replace(release, **record.release_inference)
     cfg = dataclasses.replace(release, **switches)
     return dataclasses.replace(cfg, tta=cfg.tta and release.tta, r3=cfg.r3 and release.r3)
@@ -90,14 +89,11 @@ def _pad_to_multiple(x: jax.Array, m: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)))
 
 
-def pd_forward(
-    net: Network, x: jax.Array, pd: int, pad: int = 2, perm: jax.Array | None = None, mode: str = "constant"
-) -> jax.Array:
-    """The release's `forward(img, pd)`: PD, blind-spot network, inverse PD. `mode`: the
-    padding of a PD-1 pass (`jnp.pad`'s; PD sub-images are always zero-padded)."""
+def pd_forward(net: Network, x: jax.Array, pd: int, pad: int = 2, perm: jax.Array | None = None) -> jax.Array:
+    """The release's `forward(img, pd)`: PD, blind-spot network, inverse PD."""
     if pd > 1:
         return pd_up(net(pd_down(x, pd, pad, perm)), pd, pad, perm)
-    return _crop(net(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)), pad)
+    return _crop(net(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))), pad)
 
 
 def r3_masks(key: jax.Array, shape: tuple[int, ...], cfg: InferenceConfig) -> jax.Array:
@@ -131,7 +127,7 @@ def denoise(
         # Here the release runs R3 on the padded image, which we keep for its exact pixels;
         # it then returns the padded size (61x80 in, 62x80 out): we crop back to h x w.
         x = _pad_to_multiple(x, cfg.pd_b)
-        y = pd_forward(net, x, cfg.pd_b, cfg.pd_pad, mode=cfg.pad_mode)
+        y = pd_forward(net, x, cfg.pd_b, cfg.pd_pad)
     if not cfg.r3:
         return y[:, :h, :w]
     if masks is None:

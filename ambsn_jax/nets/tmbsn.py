@@ -206,6 +206,8 @@ ARCHITECTURE = Architecture(
     release_config="tmbsn_sidd",
     release_train_pd=1,  # no PD: the hole does what PD does for the others
     release_pd_pad=0,
-    release_inference={"pd_b": 1, "r3": False, "pd_pad": BENCHMARK_PAD, "pad_mode": "reflect", "hole": BENCHMARK_HOLE},
+    # One pass of the input reflected by 16 (`reflect_pad`), no padding inside it, whatever
+    # padding a checkpoint was trained with.
+    release_inference={"pd_b": 1, "r3": False, "pd_pad": 0, "reflect_pad": BENCHMARK_PAD, "hole": BENCHMARK_HOLE},
     bare_state_dict=True,
 )

@@ -251,7 +251,7 @@ def test_tmbsn_scores_each_block_as_its_release_pipeline(official_state_dict, ca
     save_blocks_mat73(root / VALIDATION_NOISY, noisy, "ValidationNoisyBlocksSrgb")
     save_blocks_mat73(root / VALIDATION_CLEAN, clean, "ValidationGtBlocksSrgb")
     rep = evaluate_report(["--ckpt", src, "--sidd-val", root], capsys, tmp_path)
-    assert {k: rep["options"][k] for k in ("h", "pad", "pad_mode", "R3")} == {"h": 2, "pad": 16, "pad_mode": "reflect", "R3": False}
+    assert {k: rep["options"][k] for k in ("h", "pad", "pd_pad", "R3")} == {"h": 2, "pad": 16, "pd_pad": 0, "R3": False}
 
     twin = twin_of(TMBSNConfig(base_ch=8, blocks=1))
     twin.load_state_dict({k.removeprefix("bsn."): v for k, v in sd.items()}, strict=True)

@@ -113,6 +113,23 @@ def test_a_students_default_inference_is_one_pass_of_the_network(rng):
     np.testing.assert_array_equal(np.asarray(denoise(net, x, jax.random.key(0), cfg)), np.asarray(net(x)))
 
 
+@pytest.mark.parametrize("arch,config,hole", [("tmbsn", {"base_ch": 4, "blocks": 1}, 2), ("nbsn", {"base_ch": 4, "depth": 2}, None)])
+def test_tmbsn_and_nbsn_reflect_their_input_by_16_through_one_switch(rng, arch, config, hole):
+    """Both releases' benchmark: the input reflected by 16 (`reflect_pad`), one pass, cropped,
+    with no padding inside the pass, for metadata as earlier versions wrote it, whatever PD
+    padding it says the weights were trained with."""
+    meta = CheckpointMeta.from_json(
+        {"arch": arch, "config": config, "train_pd": 1, "train_pd_pad": 2, "source": "old.pth", "tool_version": "0.3.0"}, "old"
+    )
+    cfg = default_inference(meta, r3=True)
+    assert (cfg.reflect_pad, cfg.pd_pad, cfg.pd_b, cfg.r3, cfg.hole) == (16, 0, 1, False, hole)
+    assert cfg.release_options()["pad"] == 16 and ("h" in cfg.release_options()) == (hole is not None)
+    net = lambda v: jnp.cumsum(v, axis=1) * 0.5 + v[:, :, ::-1]  # noqa: E731 - sees where the padding is
+    x = jnp.asarray(image(rng, 1, 9, 13))
+    padded = jnp.pad(x, ((0, 0), (16, 16), (16, 16), (0, 0)), mode="reflect")
+    np.testing.assert_allclose(np.asarray(denoise(net, x, None, cfg)), np.asarray(net(padded))[:, 16:-16, 16:-16], rtol=1e-6)
+
+
 def test_inference_config_needs_the_training_pd_and_reports_the_release_names():
     with pytest.raises(TypeError):
         InferenceConfig()  # type: ignore[call-arg]

@@ -276,7 +276,7 @@ def test_tmbsn_demo_trains_saves_and_resumes(images, val_dir, tmp_path, capsys):
     first = load_checkpoint(workdir)
     assert (first.step, first.meta.arch, first.meta.network_config().blocks, first.meta.train_pd) == (2, "tmbsn", 1, 1)
     report = json.loads((workdir / EVAL_FILE).read_text())
-    assert (report["options"]["h"], report["options"]["pad"], report["options"]["pad_mode"]) == (2, 16, "reflect")
+    assert (report["options"]["h"], report["options"]["pad"], report["options"]["pd_pad"]) == (2, 16, 0)
     capsys.readouterr()
     assert main([*argv, "--max-steps", "4"]) == 0
     assert "resuming at step 2" in capsys.readouterr().out
