@@ -64,7 +64,7 @@ def training_meta(cfg: Config) -> CheckpointMeta:
     """The metadata of the run's checkpoints: the network, the PD it trains with, and which
     weights they serve."""
     config = registry.network_config(cfg.model.arch, cfg.network_fields())
-    teacher = "" if cfg.distill.teacher is None else f", {distill.source_note(cfg.distill.teacher)}"
+    teacher = "" if cfg.distill.teacher is None else f", {distill.source_note(cfg.distill.teacher, cfg.data.fresh_noise)}"
     return CheckpointMeta.for_network(
         cfg.model.arch,
         config,
@@ -140,7 +140,9 @@ def prepare(cfg: Config, workdir: Path) -> Run:
     save_resolved(cfg, workdir, write=lead)
     recipe = Recipe.of(cfg)
     sources = paths
-    if cfg.distill.teacher is not None:
+    if cfg.data.fresh_noise:
+        sources = distill.clean_sources(paths)
+    elif cfg.distill.teacher is not None:
         targets = Path(cfg.distill.targets_dir) if cfg.distill.targets_dir else workdir / distill.TARGETS_DIR
         sources = distill.teacher_targets(cfg.distill.teacher, paths, targets, cfg.seed, recipe.precision)
     steps = Steps.of(cfg, len(paths))
@@ -156,6 +158,7 @@ def prepare(cfg: Config, workdir: Path) -> Run:
         seed=cfg.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        fresh_noise=cfg.data.fresh_noise,
     )
     step_fn = jax.jit(
         partial(train_step, registry.graphdef(meta.arch, meta.config), tx, schedule, recipe),
