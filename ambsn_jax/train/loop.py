@@ -179,7 +179,10 @@ def _initial_state(cfg: Config, meta: CheckpointMeta, recipe: Recipe, tx: Any, m
     # Adam's initial state holds zeros and a count, not the parameters' values, so only the
     # parameters change; a resumed run restores its own.
     params = jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params)
-    return state._replace(params=params, ema=None if state.ema is None else params)
+    # The average starts as its own copy: the train step donates the state, and XLA refuses one
+    # buffer donated twice.
+    ema = None if state.ema is None else jax.tree.map(lambda x: x.copy(), params)
+    return state._replace(params=params, ema=ema)
 
 
 def _resume_and_train(run: Run) -> int | None:
