@@ -15,7 +15,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
+from ambsn_jax.checkpoint import store
+from ambsn_jax.checkpoint.store import Checkpoint, load_checkpoint
 from ambsn_jax.data.images import ImageInfo, from_network, to_network
 from ambsn_jax.errors import UserError
 from ambsn_jax.inference.keys import item_keys
@@ -117,7 +118,7 @@ def load(
     release `.pth`; None: the shipped demo weights (a narrow network trained on synthetic
     noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...);
     `precision` (highest, tf32, bf16) defaults to the platform's."""
-    checkpoint = load_checkpoint(DEMO_CHECKPOINT if ckpt is None else ckpt)
+    checkpoint = load_checkpoint(store.DEFAULT_WEIGHTS if ckpt is None else ckpt)
     switches = {} if precision is None else {"precision": precision}
     cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, self_ensemble=self_ensemble, **switches)
     return ImageDenoiser(checkpoint, cfg, tiling, BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg))

@@ -25,7 +25,7 @@ import cv2
 import jax
 import numpy as np
 
-from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, DEMO_STUDENT, load_checkpoint
+from ambsn_jax.checkpoint.store import DEFAULT_WEIGHTS, DEMO_STUDENT, load_checkpoint
 from ambsn_jax.data.demo import demo_root
 from ambsn_jax.evaluation import peers
 from ambsn_jax.evaluation.sidd import evaluate_validation, load_validation
@@ -93,7 +93,7 @@ def run(root: Path, wanted: set[str], ckpts: list[str], limit: int | None, repea
         print(f"{name}: {row['psnr']:.2f} dB, {row['s_per_block']:.3f} s per block", flush=True)
     if "n2v" in wanted:
         rows.append({"peer": "n2v", "method": "Noise2Void (CAREamics)", "status": N2V_STATUS})
-    shipped = [(n, c) for n, c in (("default", DEMO_CHECKPOINT), ("student", DEMO_STUDENT)) if n in wanted]
+    shipped = [(n, c) for n, c in (("default", DEFAULT_WEIGHTS), ("student", DEMO_STUDENT)) if n in wanted]
     for name, ckpt in shipped + [(str(c), c) for c in ckpts]:
         row, outputs[name] = network_row(name, ckpt, root, limit, timing, repeats)
         rows.append(row)

@@ -42,10 +42,13 @@ TRAINING_ITEMS = (OPT_STATE, TRAIN, DATA, TRAIN_PARAMS)
 WORKDIR_CHECKPOINTS = "checkpoints"
 # Training saves its validation scores with each step; the best step maximises this one.
 BEST_METRIC = "psnr"
-# The shipped demo weights (package data), the default wherever a checkpoint may be left out.
+# The shipped demo AM-BSN (package data), trained on the demo's noisy images (`--config demo`).
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo_ckpt"
 # The shipped demo student, distilled from DEMO_CHECKPOINT (`--config distill_demo`).
 DEMO_STUDENT = DEMO_CHECKPOINT.with_name("demo_student")
+# The weights wherever a checkpoint may be left out: evaluate.py, `ambsn_jax.load` / `denoise`
+# and ambsn-serve.
+DEFAULT_WEIGHTS = DEMO_CHECKPOINT
 
 
 @dataclasses.dataclass(frozen=True)

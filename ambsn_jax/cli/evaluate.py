@@ -142,9 +142,9 @@ def _mode(args: argparse.Namespace) -> str:
 
 def _checkpoint(args: argparse.Namespace):
     """The weights the run uses, said once on stderr (with a warning for the demo weights)."""
-    from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, load_checkpoint
+    from ambsn_jax.checkpoint.store import DEFAULT_WEIGHTS, load_checkpoint
 
-    checkpoint = load_checkpoint(args.ckpt or DEMO_CHECKPOINT)
+    checkpoint = load_checkpoint(args.ckpt or DEFAULT_WEIGHTS)
     if not _lead():
         return checkpoint
     step = "" if checkpoint.step is None else f", step {checkpoint.step}"

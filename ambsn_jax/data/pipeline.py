@@ -23,6 +23,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from ambsn_jax.data.camera_noise import apply_camera_noise, sample_camera_params
 from ambsn_jax.data.images import read_image
 from ambsn_jax.errors import UserError
 
@@ -68,6 +69,23 @@ def random_crop(paths: tuple[str, ...], rng: np.random.Generator, size: int) -> 
     return np.ascontiguousarray(crop)
 
 
+# Pixels noised around a fresh-noise crop and cut off after: the demosaic reads two neighbours,
+# so the crop's own pixels see the noise of an uncut image.
+_NOISE_MARGIN = 2
+
+
+def fresh_noise_crop(paths: tuple[str, ...], rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random augmented `size` x `size` window of the clean image at `paths[0]`, noised twice
+    by one camera drawn from `rng` (`camera_noise`): two independent shots of the window,
+    stacked along the channels (float32 0..255). Each sample's `rng` is its own, so the pairs
+    never repeat across epochs and are the same on every run."""
+    clean = random_crop(paths, rng, size + 2 * _NOISE_MARGIN).astype(np.uint8)
+    camera = sample_camera_params(rng)
+    inner = slice(_NOISE_MARGIN, _NOISE_MARGIN + size)
+    shots = [apply_camera_noise(clean, camera, rng)[inner, inner] for _ in range(2)]
+    return np.concatenate(shots, axis=-1).astype(np.float32)
+
+
 def training_batches(
     paths: Sequence[str | Path | tuple[str | Path, ...]],
     *,
@@ -76,13 +94,15 @@ def training_batches(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    fresh_noise: bool = False,
 ) -> grain.MapDataset:
     """This host's batches, (global_batch / process_count, crop, crop, 3) float32, endless;
     of tuples of aligned paths (distillation's noisy image and target), 3 channels per path.
 
     Each epoch visits every image once in a new order; the shuffle and every crop's random
     numbers are keyed by the sample's position in the global stream (Grain's `seed` and
-    `random_map`), not by the host or worker that reads it.
+    `random_map`), not by the host or worker that reads it. With `fresh_noise`, `paths` are
+    clean images and each sample is `fresh_noise_crop`'s pair, its noise keyed alike.
     """
     if not paths:
         raise UserError("no training images")
@@ -94,7 +114,7 @@ def training_batches(
         .seed(seed)
         .shuffle()
         .repeat()  # each epoch reshuffled: the shuffle sees the index across epochs
-        .random_map(partial(random_crop, size=crop))
+        .random_map(partial(fresh_noise_crop if fresh_noise else random_crop, size=crop))
     )
     # Global batch b is local batches b*P .. b*P + P - 1, one per host.
     return samples.batch(local_batch, drop_remainder=True)[process_index::process_count]

@@ -56,6 +56,7 @@ class DataSection:
     crop: int  # training crop side; a multiple of train.pd
     workers: int  # Grain worker processes (0: read in the training process)
     skip_bad: bool  # train on the good images only, warning about the bad ones (else refuse)
+    fresh_noise: bool  # distill.teacher=shots: every crop pair noised afresh from the scene's clean image (`camera_noise`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +310,11 @@ def check_values(cfg: Config) -> Config:
         raise UserError(f"optim.schedule {cfg.optim.schedule!r}: one of {', '.join(SCHEDULES)}")
     if cfg.optim.schedule == "cosine" and cfg.optim.decay_steps < 1:
         raise UserError(f"optim.decay_steps {cfg.optim.decay_steps}: the cosine schedule needs at least 1")
+    if cfg.data.fresh_noise and (cfg.distill.teacher != "shots" or cfg.data.patches):
+        raise UserError(
+            "data.fresh_noise draws the two shots of Noise2Noise afresh from whole clean images: "
+            f"it needs distill.teacher=shots and data.patches=false (not {cfg.distill.teacher}, {cfg.data.patches})"
+        )
     if cfg.data.crop % cfg.train.pd:
         raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
     if cfg.data.dir is None:

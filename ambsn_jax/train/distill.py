@@ -32,6 +32,7 @@ TARGETS_DIR = "teacher"  # in the workdir, unless distill.targets_dir says other
 # scene (SIDD Medium's _010 / _011, two independent draws of the same noise): Noise2Noise.
 SHOTS = "shots"
 _SHOT_NAMES = ("_NOISY_SRGB_010", "_NOISY_SRGB_011")
+_CLEAN_NAME = "_GT_SRGB_010"
 
 
 def teacher_path(teacher: str) -> str:
@@ -39,8 +40,10 @@ def teacher_path(teacher: str) -> str:
     return str(DEMO_CHECKPOINT) if teacher == "demo" else teacher
 
 
-def source_note(teacher: str, recharge: tuple[int, ...] = ()) -> str:
+def source_note(teacher: str, recharge: tuple[int, ...] = (), fresh_noise: bool = False) -> str:
     """What the checkpoints' metadata says the student learned from."""
+    if fresh_noise:
+        return "Noise2Noise on pairs of noisy shots drawn afresh for every crop by the demo's camera noise model (no clean pixel in the loss)"
     if teacher == SHOTS:
         return "Noise2Noise on each scene's two noisy shots"
     mixed = f", its holes {', '.join(map(str, recharge))} recharged" if recharge else ""
@@ -65,6 +68,24 @@ def shot_pairs(images: list[Path]) -> list[tuple[Path, Path]]:
             raise UserError(f"{image}: its scene's other shot {partner.name} is missing; distill.teacher={SHOTS} needs both shots")
         pairs.append((image, partner))
     return pairs
+
+
+def clean_sources(images: list[Path]) -> list[Path]:
+    """The ground truth of each scene the noisy `images` show (SIDD Medium's _GT_SRGB_010), once
+    per scene: `data.fresh_noise` noises it afresh for every crop. The loss still sees noisy
+    pixels only, two independent shots, as with `shot_pairs`; the clean image feeds the noise
+    model, which stands in for the camera taking more shots."""
+    scenes = {}
+    for image in images:
+        noisy, _ = shot_pairs([image])[0]
+        name = noisy.name.upper()
+        shot = next(s for s in _SHOT_NAMES if s in name)
+        start = name.index(shot)
+        clean = noisy.with_name(noisy.name[:start] + _CLEAN_NAME + noisy.name[start + len(shot) :])
+        if not clean.is_file():
+            raise UserError(f"{image}: its scene's ground truth {clean.name} is missing; data.fresh_noise noises it afresh")
+        scenes.setdefault(clean, None)
+    return list(scenes)
 
 
 def teacher_targets(

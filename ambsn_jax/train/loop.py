@@ -66,7 +66,8 @@ def training_meta(cfg: Config) -> CheckpointMeta:
     config = registry.network_config(cfg.model.arch, cfg.network_fields())
     teacher = ""
     if cfg.distill.teacher is not None:
-        teacher = f", {distill.source_note(cfg.distill.teacher, tuple(cfg.distill.recharge))}"
+        note = distill.source_note(cfg.distill.teacher, tuple(cfg.distill.recharge), cfg.data.fresh_noise)
+        teacher = f", {note}"
     return CheckpointMeta.for_network(
         cfg.model.arch,
         config,
@@ -142,7 +143,9 @@ def prepare(cfg: Config, workdir: Path) -> Run:
     save_resolved(cfg, workdir, write=lead)
     recipe = Recipe.of(cfg)
     sources = paths
-    if cfg.distill.teacher is not None:
+    if cfg.data.fresh_noise:
+        sources = distill.clean_sources(paths)
+    elif cfg.distill.teacher is not None:
         targets = Path(cfg.distill.targets_dir) if cfg.distill.targets_dir else workdir / distill.TARGETS_DIR
         sources = distill.teacher_targets(
             cfg.distill.teacher, paths, targets, cfg.seed, recipe.precision, tuple(cfg.distill.recharge)
@@ -160,6 +163,7 @@ def prepare(cfg: Config, workdir: Path) -> Run:
         seed=cfg.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        fresh_noise=cfg.data.fresh_noise,
     )
     step_fn = jax.jit(
         partial(train_step, registry.graphdef(meta.arch, meta.config), tx, schedule, recipe),
@@ -180,7 +184,10 @@ def _initial_state(cfg: Config, meta: CheckpointMeta, recipe: Recipe, tx: Any, m
     # Adam's initial state holds zeros and a count, not the parameters' values, so only the
     # parameters change; a resumed run restores its own.
     params = jax.jit(lambda p: p, out_shardings=meshlib.replicated(mesh))(init_params)
-    return state._replace(params=params, ema=None if state.ema is None else params)
+    # The average starts as its own copy: the train step donates the state, and XLA refuses one
+    # buffer donated twice.
+    ema = None if state.ema is None else jax.tree.map(lambda x: x.copy(), params)
+    return state._replace(params=params, ema=ema)
 
 
 def _resume_and_train(run: Run) -> int | None:

@@ -34,7 +34,7 @@ def test_no_dataset_option_runs_on_the_demo_set(val_dir, ckpt, capsys, tmp_path,
 
 
 def test_the_demo_checkpoint_is_the_default_and_says_so(val_dir, ckpt, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "DEMO_CHECKPOINT", ckpt)
+    monkeypatch.setattr(store, "DEFAULT_WEIGHTS", ckpt)
     code, out, err = evaluate(["--sidd-val", val_dir, *FAST, "--limit", 1, "--json", tmp_path / "r.json"], capsys)
     assert code == 0, err
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -53,7 +53,7 @@ def test_shipped_demo_weights_denoise_the_demo_set(capsys, tmp_path, monkeypatch
     """
     monkeypatch.setenv("AMBSN_CACHE", str(tmp_path / "cache"))
     rep = evaluate_report([], capsys, tmp_path)
-    assert rep["checkpoint"]["path"] == str(store.DEMO_CHECKPOINT) and len(rep["blocks"]) == 16
+    assert rep["checkpoint"]["path"] == str(store.DEFAULT_WEIGHTS) and len(rep["blocks"]) == 16
     assert rep["options"]["pd_a"] == 5 and rep["options"]["tta"] and rep["options"]["R3"]
     assert rep["psnr"] - rep["noisy_psnr"] >= 3.0
     assert rep["ssim"] - rep["noisy_ssim"] > 0.3
@@ -206,7 +206,7 @@ ERRORS = {
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_bad_input_gives_one_error_line(case, val_dir, bench_dir, ckpt, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "DEMO_CHECKPOINT", tmp_path / "no_demo_ckpt")
+    monkeypatch.setattr(store, "DEFAULT_WEIGHTS", tmp_path / "no_demo_ckpt")
     make_argv, message = ERRORS[case]
     code, out, err = evaluate(make_argv(tmp_path, val_dir, bench_dir, ckpt), capsys)
     assert code == 2

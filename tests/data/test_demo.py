@@ -15,6 +15,7 @@ from ambsn_jax.data import demo
 from ambsn_jax.data.demo import demo_root
 from ambsn_jax.data.sidd import find_noisy_images, load_blocks
 from ambsn_jax.errors import UserError
+from ambsn_jax.train.distill import clean_sources
 from tests.helpers import neighbour_correlation, psnr_u8
 
 SCENE_ID = re.compile(r"^\d{4}_\d{3}_(S6|IP|GP|N6|G4)_\d{5}_\d{5}_\d{4}_[LNH]$")
@@ -87,6 +88,8 @@ def test_demo_validation_photos_are_not_trained_on(demo_build):
     root = demo_build
     manifest = json.loads((root / demo.MANIFEST).read_text())
     assert not set(manifest["train"].values()) & set(manifest["validation"])
+    # data.fresh_noise trains on these ground truths (noised afresh), the images checked below.
+    assert clean_sources(find_noisy_images(root / "SIDD_Medium_Srgb")) == _training_images(root, "GT")
     # By content too: no validation block occurs anywhere in a training image (compared in
     # grey, a third of the cost).
     blocks = load_blocks(root / "ValidationGtBlocksSrgb.mat").reshape(-1, 64, 64, 3)

@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ambsn_jax.data.pipeline import augment, batch_iterator, random_crop, training_batches
+from ambsn_jax.data.pipeline import augment, batch_iterator, fresh_noise_crop, random_crop, training_batches
 from ambsn_jax.errors import UserError
 from tests.helpers import write_images
 
@@ -57,9 +57,9 @@ def test_crop_larger_than_an_image_is_a_user_error(images):
         batches[0]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_restored_iterator_continues_the_exact_sequence(images, tmp_path, workers):
-    batches = training_batches(sorted(images.glob("*.png")), crop=20, global_batch=2, seed=5)
+@pytest.mark.parametrize(("workers", "fresh_noise"), [(0, False), (2, False), (0, True)])
+def test_restored_iterator_continues_the_exact_sequence(images, tmp_path, workers, fresh_noise):
+    batches = training_batches(sorted(images.glob("*.png")), crop=20, global_batch=2, seed=5, fresh_noise=fresh_noise)
     it = batch_iterator(batches, workers)
     for _ in range(3):
         next(it)
@@ -92,3 +92,24 @@ def test_aligned_images_are_cropped_and_turned_alike(images, tmp_path):
     (other,) = write_images(tmp_path / "other", 1, size=(30, 28))
     with pytest.raises(UserError, match=rf"^{other}: 28x30, but {noisy} is 26x30; delete {other}"):
         random_crop((str(noisy), str(other)), np.random.default_rng(0), 12)
+
+
+def test_fresh_noise_pairs_never_repeat_and_are_the_same_on_every_run(tmp_path):
+    """One clean image exactly the crop plus its noise margin: every epoch crops the same
+    window, so plain crops of the whole image repeat (8 turns at most), while fresh-noise pairs differ in every
+    epoch, are two different shots of the same window, and are drawn alike by a second run."""
+    (clean,) = write_images(tmp_path, 1, size=(16, 16))
+    plain = training_batches([clean], crop=16, global_batch=1, seed=2)
+    assert len({plain[e].tobytes() for e in range(16)}) <= 8
+    fresh = training_batches([clean], crop=12, global_batch=1, seed=2, fresh_noise=True)
+    pairs = [fresh[e][0] for e in range(16)]
+    assert pairs[0].shape == (12, 12, 6) and pairs[0].dtype == np.float32
+    assert len({p.tobytes() for p in pairs}) == 16
+    for pair in pairs:
+        shots = pair[..., :3], pair[..., 3:]
+        assert not np.array_equal(*shots)
+        # The same window turned alike: the shots differ by noise only, far less than the content varies.
+        assert np.corrcoef(shots[0].ravel(), shots[1].ravel())[0, 1] > 0.8
+    again = training_batches([clean], crop=12, global_batch=1, seed=2, fresh_noise=True)
+    np.testing.assert_array_equal(again[5][0], pairs[5])
+    np.testing.assert_array_equal(fresh_noise_crop((str(clean),), np.random.default_rng(1), 12), fresh_noise_crop((str(clean),), np.random.default_rng(1), 12))

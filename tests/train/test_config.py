@@ -17,7 +17,7 @@ from tests.helpers import flat
 def test_configs_are_package_data():
     assert configlib.CONFIG_DIR == Path(ambsn_jax.__file__).resolve().parent / "configs"
     assert sorted(p.stem for p in configlib.CONFIG_DIR.glob("*.yaml")) == [
-        "apbsn_sidd", "demo", "distill_demo", "distill_nbsn_demo", "distill_nbsn_sidd", "distill_sidd", "mmbsn_sidd",
+        "apbsn_sidd", "demo", "distill_demo", "distill_fresh_demo", "distill_nbsn_demo", "distill_nbsn_sidd", "distill_sidd", "mmbsn_sidd",
         "sidd", "sidd_bench", "tmbsn_demo", "tmbsn_sidd",
     ]  # fmt: skip
 
@@ -79,6 +79,8 @@ def test_check_values_is_what_resolve_applies():
         ([("model.arch", "ambsn")], "model.depth is the student's; AM-BSN has none"),
         ([("distill.teacher", "t"), ("train.pd", 5)], "the student U-Net sees whole images: train.pd must be 1 and train.pd_pad 0, not 5 and 0"),
         ([("distill.teacher", "t"), ("model.depth", -1)], "student U-Net config {'base_ch': 16, 'depth': -1}: depth must not be negative"),
+        ([("data.fresh_noise", True)], "data.fresh_noise draws the two shots of Noise2Noise afresh from whole clean images: it needs distill.teacher=shots and data.patches=false (not demo, False)"),
+        ([("data.fresh_noise", True), ("distill.teacher", "shots"), ("data.patches", True)], "data.fresh_noise draws the two shots of Noise2Noise afresh from whole clean images: it needs distill.teacher=shots and data.patches=false (not shots, True)"),
     ],
 )  # fmt: skip
 def test_distillation_configs_are_checked(overrides, message):
@@ -96,6 +98,12 @@ def test_distill_demo_is_the_shipped_students_recipe():
     cfg = configlib.resolve("distill_demo")
     assert (cfg.distill.teacher, cfg.model.depth, cfg.data.crop, cfg.train.batch_size) == ("demo", 3, 96, 8)
     assert cfg.train.epochs * cfg.train.steps_per_epoch == 1500
+
+
+def test_distill_fresh_demo_learns_from_fresh_noisy_pairs_only():
+    cfg = configlib.resolve("distill_fresh_demo")
+    assert (cfg.distill.teacher, cfg.data.fresh_noise, cfg.data.patches, cfg.model.arch) == ("shots", True, False, "student")
+    assert configlib.resolve("distill_demo").data.fresh_noise is False
 
 
 def test_nbsn_distill_configs_train_the_release_student():

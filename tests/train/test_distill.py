@@ -118,6 +118,37 @@ def test_an_nbsn_student_distils_saves_and_resumes(data, ckpt, val_dir, tmp_path
     assert steps[-1] == 6 and 4 in steps
 
 
+def test_fresh_noise_reads_each_scenes_ground_truth_once(tmp_path):
+    scenes = [tmp_path / f"000{i}_00{i}_S6_01300_00100_5500_N" for i in (1, 2)]
+    for scene in scenes:
+        scene.mkdir()
+        for kind in ("NOISY_SRGB_010", "NOISY_SRGB_011", "GT_SRGB_010"):
+            (scene / f"{scene.name}_{kind}.PNG").write_bytes(b"")
+    noisy = sorted(tmp_path.glob("*/*_NOISY_*"))
+    assert distill.clean_sources(noisy) == [s / f"{s.name}_GT_SRGB_010.PNG" for s in scenes]
+    (scenes[1] / f"{scenes[1].name}_GT_SRGB_010.PNG").unlink()
+    with pytest.raises(UserError, match="ground truth .*_GT_SRGB_010.PNG is missing"):
+        distill.clean_sources(noisy)
+
+
+def test_a_fresh_noise_run_trains_on_the_ground_truths_noised_afresh(val_dir, tmp_path):
+    """data.fresh_noise through train.py: SIDD Medium scenes whose noisy shots are black, so
+    that pairs of them would cost next to nothing, while the ground truths noised afresh cost
+    their noise; the checkpoints say what the run learned from."""
+    for i, gt in enumerate(write_images(tmp_path / "clean", 2, size=(24, 28))):
+        scene = tmp_path / "data" / f"000{i + 1}_00{i + 1}_S6_01300_00100_5500_N"
+        scene.mkdir(parents=True)
+        gt.rename(scene / f"{scene.name}_GT_SRGB_010.PNG")
+        for shot in ("010", "011"):
+            cv2.imwrite(str(scene / f"{scene.name}_NOISY_SRGB_{shot}.PNG"), np.zeros((24, 28, 3), np.uint8))
+    workdir = tmp_path / "run"
+    assert train_main(distill_argv(tmp_path / "data", workdir, distill.SHOTS, val_dir, 2, "data.fresh_noise=true")) == 0
+    losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert len(losses) == 2 and all(loss > 2 for loss in losses), losses
+    meta = load_checkpoint(workdir).meta
+    assert meta.source == f"config distill_demo, {distill.source_note(distill.SHOTS, fresh_noise=True)}"
+
+
 def test_shots_pair_each_noisy_shot_with_its_scenes_other(tmp_path):
     scene = tmp_path / "0001_001_S6_01300_00100_5500_N"
     scene.mkdir()

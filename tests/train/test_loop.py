@@ -228,8 +228,9 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
 def test_init_fine_tunes_a_converted_checkpoint(images, official_state_dict, tmp_path, capsys):
     pth = tmp_path / "init.pth"
     torch.save({"epoch": 1, "model_weight": {"denoiser": official_state_dict(8)}}, pth)
-    # A vanishing learning rate: Adam leaves the parameters where --init put them.
-    assert main(tiny_argv(images, tmp_path / "run", "optim.lr=1e-30", "--max-steps", "2", "--init", str(pth))) == 0
+    # A vanishing learning rate: Adam leaves the parameters where --init put them. With a moving
+    # average, which starts from them too (the served weights): a copy of its own, which the step donates.
+    assert main(tiny_argv(images, tmp_path / "run", "optim.lr=1e-30", "optim.ema_decay=0.9", "--max-steps", "2", "--init", str(pth))) == 0
     tuned = load_checkpoint(tmp_path / "run")
     start, _ = torch_port.params_from_state_dict(numpy_sd(official_state_dict(8)))
     jax.tree.map(partial(np.testing.assert_allclose, rtol=1e-6), tuned.params, start)
