@@ -20,7 +20,7 @@ from ambsn_jax.checkpoint.store import Checkpoint, load_checkpoint
 from ambsn_jax.data.images import ImageInfo, from_network, to_network
 from ambsn_jax.errors import UserError
 from ambsn_jax.inference.keys import item_keys
-from ambsn_jax.inference.denoiser import BatchDenoiser
+from ambsn_jax.inference.denoiser import BatchDenoiser, BoundDenoiser
 from ambsn_jax.inference.release import InferenceConfig, default_inference
 from ambsn_jax.inference.tiling import denoise_images
 from ambsn_jax.ops.windows import Tiling
@@ -38,7 +38,7 @@ class ImageDenoiser:
     checkpoint: Checkpoint
     cfg: InferenceConfig
     tiling: Tiling
-    _denoiser: BatchDenoiser = dataclasses.field(repr=False)
+    _denoiser: BoundDenoiser = dataclasses.field(repr=False)  # bound once: a call pays no re-placing
 
     def __call__(self, image: np.ndarray, seed: int = 0, index: int = 0, float_max: float = 1.0) -> np.ndarray:
         """`image` denoised. Its R3 randomness comes from `seed` and `index` alone: the command
@@ -57,8 +57,7 @@ class ImageDenoiser:
         samples = [_as_samples(a, float_max) for a in arrays]
         network = [to_network(s, "the array") for s, _ in samples]
         keys = jnp.concatenate([item_keys(seed, [index]) for seed, index in zip(seeds, indices)])
-        bound = self._denoiser.bind(self.checkpoint.params)
-        outs = denoise_images(bound, np.stack([rgb for rgb, _ in network]), keys, self.tiling)
+        outs = denoise_images(self._denoiser, np.stack([rgb for rgb, _ in network]), keys, self.tiling)
         return [_restore(o, a, info, scale) for o, a, (_, info), (_, scale) in zip(outs, arrays, network, samples)]
 
     @property
@@ -67,10 +66,12 @@ class ImageDenoiser:
         return self._denoiser.devices
 
     def compile_tiles(self) -> None:
-        """Compiles now, rather than on first use, the one program that every image larger than
-        a tile runs (a call of `tiling.batch` tiles per device): for a server's warm-up."""
-        shape = (self.tiling.batch * self._denoiser.local_devices(), self.tiling.tile, self.tiling.tile, 3)
-        self._denoiser.bind(self.checkpoint.params).compile(shape)
+        """Compiles now, rather than on first use, the program of full tiles (`tiling.batch` of
+        `tiling.tile` square per device), for a server's warm-up. Large images whose even tile
+        grid (`even_windows`) comes out smaller compile theirs on first use: one per 16 pixels
+        of tile side, kept on disk by the compilation cache."""
+        devices = self._denoiser.batch_denoiser.local_devices()
+        self._denoiser.compile((self.tiling.batch * devices, self.tiling.tile, self.tiling.tile, 3))
 
 
 def _restore(out: np.ndarray, image: np.ndarray, info: ImageInfo, scale: float | None) -> np.ndarray:
@@ -121,7 +122,8 @@ def load(
     checkpoint = load_checkpoint(store.DEFAULT_WEIGHTS if ckpt is None else ckpt)
     switches = {} if precision is None else {"precision": precision}
     cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, self_ensemble=self_ensemble, **switches)
-    return ImageDenoiser(checkpoint, cfg, tiling, BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg))
+    denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg).bind(checkpoint.params)
+    return ImageDenoiser(checkpoint, cfg, tiling, denoiser)
 
 
 def denoise(image: np.ndarray, ckpt: str | Path | None = None, *, seed: int = 0, float_max: float = 1.0, **switches: Any) -> np.ndarray:

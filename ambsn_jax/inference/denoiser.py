@@ -113,7 +113,10 @@ class BatchDenoiser:
         """Compile for batches of this process's shape (N, H, W, 3) now rather than on the first
         call: lets a caller time compilation apart from running; the jit cache keeps the result."""
         n = local_shape[0] * self.mesh.size // self.local_devices()
-        self._fn.lower(*self.abstract_args(params, n, *local_shape[1:3])).compile()
+        _, x, keys = self.abstract_args(params, n, *local_shape[1:3])
+        # Lowered with the bound arrays themselves: their types (a one-device array carries no
+        # mesh) are those `run` passes, so this is the program jit's cache then finds.
+        self._fn.lower(params, x, keys).compile()
 
     def local_devices(self) -> int:
         """How many of the mesh's devices this process feeds: its rows of a batch are a multiple."""

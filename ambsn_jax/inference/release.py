@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ambsn_jax.ops.pd import pd_down, pd_up
 from ambsn_jax.ops.precision import default_precision
 
@@ -145,9 +146,12 @@ def denoise(
     return jnp.mean(out, axis=0)[:, :h, :w]
 
 
-def postprocess(y: jax.Array) -> jax.Array:
-    """The release's rounding for metrics and saved images: +0.5, floor, clip to 0..255."""
-    return jnp.clip(jnp.floor(y + 0.5), 0.0, 255.0)
+def postprocess(y: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
+    """The release's rounding for metrics and saved images: +0.5, floor, clip to 0..255.
+    NumPy in, NumPy out (the same float32 values): op-by-op JAX on the host's results would
+    compile each op anew for every new shape."""
+    xp = np if isinstance(y, np.ndarray) else jnp
+    return xp.clip(xp.floor(y + np.float32(0.5)), np.float32(0.0), np.float32(255.0))
 
 
 def _orient(x: jax.Array, k: int, flip: bool) -> jax.Array:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ambsn_jax.inference.denoiser import BoundDenoiser
 from ambsn_jax.inference.keys import fold_in_each
-from ambsn_jax.ops.windows import Tiling, pad_to_min_side, padded_batches, window_starts
+from ambsn_jax.ops.windows import Tiling, even_batches, even_windows, pad_to_min_side
 
 
 def _blend_window(tile: int, overlap: int) -> np.ndarray:
@@ -22,22 +22,26 @@ def denoise_image(
     """Denoise one (H, W, 3) image in 0..255 of any size; returns float32 (H, W, 3), unrounded.
 
     Images up to `tiling.tile` on both sides go through in one piece. Larger ones are cut
-    into tiles overlapping by `tiling.overlap` and cross-faded, so memory is bounded, every
-    tile shares one compiled shape, and no seam shows. Tile i draws from `fold_in(key, i)`.
+    into the fewest tiles of at most `tiling.tile` that overlap by at least `tiling.overlap`,
+    all of one size and spread evenly (`even_windows`), and cross-faded: memory is bounded,
+    the work is close to the image's own pixels, and no seam shows. Tile i (row-major)
+    draws from `fold_in(key, i)`.
     """
     h, w = image.shape[:2]
     image = pad_to_min_side(image, denoiser.min_side())
     if image.shape[0] <= tiling.tile and image.shape[1] <= tiling.tile:
         return np.asarray(denoiser(image[None], key[None])[0])[:h, :w]
     ph, pw = image.shape[:2]
-    th, tw = min(tiling.tile, ph), min(tiling.tile, pw)
-    step_h, step_w = th - tiling.overlap, tw - tiling.overlap
-    origins = [(y, x) for y in window_starts(ph, th, step_h) for x in window_starts(pw, tw, step_w)]
+    th, rows = even_windows(ph, tiling.tile, tiling.overlap)
+    tw, cols = even_windows(pw, tiling.tile, tiling.overlap)
+    origins = [(y, x) for y in rows for x in cols]
     weight = np.outer(_blend_window(th, tiling.overlap), _blend_window(tw, tiling.overlap))[..., None]
     acc = np.zeros((ph, pw, image.shape[2]), np.float32)
     norm = np.zeros((ph, pw, 1), np.float32)
-    # `tiling.batch` tiles per device: the calls fill every device of the denoiser's mesh.
-    for indices, valid in padded_batches(len(origins), tiling.batch * denoiser.devices):
+    # At most `tiling.batch` tiles per device a call, in calls of one size: every device busy,
+    # no call padded with more than a tile per device.
+    devices = denoiser.devices
+    for indices, valid in even_batches(len(origins), tiling.batch * devices, devices):
         tiles = np.stack([image[y : y + th, x : x + tw] for y, x in (origins[i] for i in indices)])
         out = np.asarray(denoiser(tiles, fold_in_each(key, indices)))
         for i, o in zip(indices[:valid], out):

@@ -26,6 +26,19 @@ def window_starts(length: int, size: int, stride: int) -> list[int]:
     return [*range(0, length - size, stride), length - size]
 
 
+def even_windows(length: int, most: int, overlap: int, multiple: int = 16) -> tuple[int, list[int]]:
+    """(size, origins) of the fewest windows of at most `most` pixels that cover [0, length)
+    with neighbours sharing at least `overlap`: all of one size, just large enough, spread
+    evenly. The size is rounded up to `multiple` (within `most`), so that images of nearby
+    sizes share their compiled programs. One window of `length` when it fits in `most`.
+    """
+    if length <= most:
+        return length, [0]
+    count = -(-(length - overlap) // (most - overlap))
+    size = min(most, -(-(-(-(length + (count - 1) * overlap) // count)) // multiple) * multiple)
+    return size, [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
 def padded_batches(count: int, batch: int) -> list[tuple[np.ndarray, int]]:
     """(indices, valid) per batch of `batch` items out of `count`, in order.
 
@@ -37,6 +50,16 @@ def padded_batches(count: int, batch: int) -> list[tuple[np.ndarray, int]]:
         valid = min(batch, count - start)
         out.append((np.minimum(np.arange(start, start + batch), start + valid - 1), valid))
     return out
+
+
+def even_batches(count: int, most: int, multiple: int = 1) -> list[tuple[np.ndarray, int]]:
+    """`padded_batches` of the fewest calls of at most `most` items (a multiple of `multiple`),
+    all of one size, just large enough: fewer than `multiple` padded items a call on average, where
+    calls of `most` pad up to `most - 1` in the last."""
+    if count == 0:
+        return []
+    calls = -(-count // most)
+    return padded_batches(count, multiple * -(-count // (calls * multiple)))
 
 
 def pad_to_min_side(image: np.ndarray, min_side: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,19 @@ def test_bound_and_batch_denoisers_share_one_program(flax_model, rng):
     # Other parameters bound to the same program: other outputs.
     zero = jax.tree.map(jnp.zeros_like, params)
     np.testing.assert_array_equal(np.asarray(bd.bind(zero)(x, keys(2))), 0)
+
+
+def test_compile_ahead_is_the_program_a_call_runs(flax_model, rng, caplog):
+    """`compile` fills jit's cache: the first call after it compiles nothing (a validation run's
+    first block used to compile the network a second time)."""
+    model = flax_model(8)
+    bd = BatchDenoiser("ambsn", model.config, dataclasses.replace(RELEASE, tta=False, r3=False))
+    b = bd.bind(params_of(model))
+    x = image(rng, 1, 8, 8)
+    b.compile(x.shape)
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        b.run(x, keys(1))
+    assert not [r for r in caplog.records if "Compiling jit(run)" in r.getMessage()]
 
 
 def test_fold_in_each_is_fold_in_per_index():

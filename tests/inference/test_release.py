@@ -142,6 +142,9 @@ def test_inference_config_needs_the_training_pd_and_reports_the_release_names():
 def test_postprocess_rounds_half_up_and_clips():
     y = jnp.array([-3.0, -0.4, 0.49, 0.5, 1.5, 254.49, 254.5, 300.0])
     np.testing.assert_array_equal(postprocess(y), [0, 0, 0, 1, 2, 254, 255, 255])
+    host = postprocess(np.asarray(y))  # NumPy in: NumPy out, the same values, no JAX op compiled
+    assert isinstance(host, np.ndarray) and host.dtype == np.float32
+    np.testing.assert_array_equal(host, postprocess(y))
 
 
 def _blur(x: jax.Array, key: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ import pytest
 
 from ambsn_jax.inference.tiling import denoise_image
 from ambsn_jax.nets.ambsn import AMBSN, AMBSNConfig
-from ambsn_jax.ops.windows import Tiling, pad_to_min_side, window_starts
+from ambsn_jax.ops.windows import Tiling, even_windows, pad_to_min_side
 from flax import nnx
 from tests.helpers import RELEASE, bound, image
 
@@ -50,9 +50,10 @@ def test_tiled_matches_untiled_inside_tiles(rng):
 
     def interior(size: int) -> np.ndarray:
         ok = np.ones(size, bool)
-        for s in window_starts(size, tile, tile - overlap):
-            idx = np.arange(s, s + tile)
-            ok[idx[(idx - s < margin) | (s + tile - idx <= margin)]] = False
+        side, starts = even_windows(size, tile, overlap)
+        for s in starts:
+            idx = np.arange(s, s + side)
+            ok[idx[(idx - s < margin) | (s + side - idx <= margin)]] = False
         return ok
 
     rows, cols = interior(130), interior(170)

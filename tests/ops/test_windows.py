@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ambsn_jax.ops.windows import Tiling, pad_to_min_side, padded_batches, window_starts
+from ambsn_jax.ops.windows import Tiling, even_batches, even_windows, pad_to_min_side, padded_batches, window_starts
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,26 @@ def test_window_starts_cover_the_axis_with_the_last_flush(length, size, stride, 
     for s in starts:
         covered[s : s + size] += 1
     assert covered.min() >= 1 and starts[-1] == max(0, length - size)
+
+
+@pytest.mark.parametrize("length,most,overlap", [(1024, 512, 64), (4000, 512, 32), (3000, 512, 32), (513, 512, 64), (130, 64, 16), (1000, 512, 16)])
+def test_even_windows_are_the_fewest_that_overlap_enough(length, most, overlap):
+    size, starts = even_windows(length, most, overlap)
+    assert size <= most and starts[0] == 0 and starts[-1] + size == length
+    assert min(size - (b - a) for a, b in zip(starts, starts[1:])) >= overlap
+    assert (len(starts) - 1) * (most - overlap) + overlap < length  # one window fewer could not cover
+    assert even_windows(300, 512, 64) == (300, [0])
+
+
+def test_even_batches_are_of_one_size_with_little_padding():
+    assert [(list(i), v) for i, v in even_batches(9, 4)] == [([0, 1, 2], 3), ([3, 4, 5], 3), ([6, 7, 8], 3)]
+    for count, most, multiple in [(63, 4, 1), (5, 4, 2), (12, 8, 4), (1, 4, 1)]:
+        batches = even_batches(count, most, multiple)
+        sizes = {len(i) for i, _ in batches}
+        assert len(sizes) == 1 and sizes.pop() % multiple == 0 and len(batches) == -(-count // most)
+        assert sorted(int(j) for i, v in batches for j in i[:v]) == list(range(count))
+        assert sum(len(i) - v for i, v in batches) < len(batches) * multiple
+    assert even_batches(0, 4) == []
 
 
 def test_padded_batches_repeat_the_last_index():
