@@ -9,8 +9,6 @@ over this host's devices alone (`local_mesh`).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -19,25 +17,6 @@ from jax.sharding import PartitionSpec as P
 from ambsn_jax.errors import UserError
 
 DATA_AXIS = "data"
-
-
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-host run when JAX_COORDINATOR_ADDRESS is set; else a no-op.
-
-    Every host runs the same command with JAX_COORDINATOR_ADDRESS (host:port of process 0),
-    JAX_NUM_PROCESSES and its own JAX_PROCESS_ID. JAX itself reads only the address; left
-    unset, the other two come from the cluster JAX detects (Slurm, Open MPI, ...).
-    """
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not address or jax.distributed.is_initialized():
-        return
-    counts = {}
-    for name, arg in [("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")]:
-        if value := os.environ.get(name):
-            if not value.isdigit():
-                raise UserError(f"{name}={value!r}: must be a non-negative integer")
-            counts[arg] = int(value)
-    jax.distributed.initialize(address, **counts)
 
 
 def make_mesh(global_batch: int | None = None) -> Mesh:

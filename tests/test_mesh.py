@@ -1,4 +1,5 @@
-"""Devices for data-parallel training (ambsn_jax.mesh); several devices: tests/train/test_loop.py."""
+"""Devices for data-parallel training (ambsn_jax.mesh); several devices: tests/train/test_loop.py;
+joining a multi-process run: tests/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -25,18 +26,3 @@ def test_a_batch_that_does_not_divide_is_refused(monkeypatch):
     with pytest.raises(UserError, match="batch size 6 does not divide by the 4 devices; pick a multiple of 4"):
         meshlib.make_mesh(6)
 
-
-def test_distributed_is_joined_only_with_a_coordinator(monkeypatch):
-    calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
-    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
-    meshlib.maybe_initialize_distributed()
-    assert calls == []
-    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
-    monkeypatch.setenv("JAX_PROCESS_ID", "1")
-    meshlib.maybe_initialize_distributed()
-    assert calls == [(("10.0.0.1:1234",), {"num_processes": 2, "process_id": 1})]
-    monkeypatch.setenv("JAX_PROCESS_ID", "one")
-    with pytest.raises(UserError, match="JAX_PROCESS_ID='one': must be a non-negative integer"):
-        meshlib.maybe_initialize_distributed()

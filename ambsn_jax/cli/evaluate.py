@@ -1,7 +1,8 @@
 """`evaluate.py` / `ambsn-evaluate`: SIDD scores, benchmark submissions, denoising image files.
 
 Exit status: 0 done, 1 some images of a folder failed (the others are written), 2 bad input
-(one `error:` line, see `ambsn_jax.cli.common.run_cli`), 130 interrupted.
+(one `error:` line, see `ambsn_jax.cli.common.run_cli`), 130 interrupted, 75 another process of a
+multi-process run was lost (docs/cluster.md).
 
 `--input`, `--dnd` and `--sidd-bench` resume: rerun with the same arguments, they redo only the
 outputs an earlier run did not finish (`ambsn_jax.evaluation.resume`); `--overwrite` redoes all.
@@ -15,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ambsn_jax.cli.common import ArgumentParser, enable_compilation_cache, run_cli
+from ambsn_jax import distributed
+from ambsn_jax.cli.common import ArgumentParser, add_cluster_flags, cluster_settings, enable_compilation_cache, run_cli
 from ambsn_jax.errors import UserError
 from ambsn_jax.ops.precision import PRECISIONS
 from ambsn_jax.ops.windows import Tiling
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--batch", type=_int_in(1), default=Tiling.batch, metavar="N", help="blocks / tiles per device per call (%(default)s)")
     inf.add_argument("--tile", type=_int_in(1), default=Tiling.tile, metavar="PX", help="images, DND: tile side (%(default)s)")
     inf.add_argument("--overlap", type=_int_in(0), default=Tiling.overlap, metavar="PX", help="images, DND: tile overlap (%(default)s)")
+    add_cluster_flags(p)
     return p
 
 
@@ -330,15 +333,13 @@ def _lead() -> bool:
 def _evaluate(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     mode = _mode(args)
-    from ambsn_jax.mesh import maybe_initialize_distributed
-
-    # Processes started as for training (JAX_COORDINATOR_ADDRESS, ...) join first.
-    maybe_initialize_distributed()
+    settings = cluster_settings(args)
     enable_compilation_cache()
     if mode in ("demo", "sidd_val"):
-        return _score_validation_set(args, args.sidd_val)
+        return distributed.run(settings, lambda: _score_validation_set(args, args.sidd_val))
     run = {"sidd_bench": _benchmark, "check": _check, "input": _images, "dnd": _dnd}[mode]
-    return run(args)
+    # Processes started as for training (--coordinator, JAX_COORDINATOR_ADDRESS, ...) join first.
+    return distributed.run(settings, lambda: run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
