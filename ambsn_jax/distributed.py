@@ -12,8 +12,8 @@ What can go wrong, and what every process then does (docs/cluster.md):
 - a process is lost (killed, its host gone): every other one notices within `peer_timeout`
   (plus a poll of `POLL_SECONDS`), prints one line naming it and exits with `LOST_PEER`;
   the checkpoints committed before stay whole (Orbax publishes a step once all is written);
-- all processes end: they wait for each other (`EXIT_WAIT_SECONDS`, or `peer_timeout` after
-  a failure), so that none takes the coordinator away while another still works.
+- all processes end: at exit they wait for each other (`EXIT_WAIT_SECONDS`, or `peer_timeout`
+  after a failure), so that none takes the coordinator away while another still works.
 
 JAX would abort a survivor (SIGABRT, a C++ stack) once a peer misses its heartbeats; here
 JAX's recoverable mode is on, so that JAX reports the lost peer and this module ends the run.
@@ -23,6 +23,7 @@ no setting changes today.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import platform
@@ -54,6 +55,16 @@ class Settings:
     cluster: str = "auto"
     join_timeout: int = 300
     peer_timeout: int = 60
+
+
+def speaker() -> str:
+    """The prefix of a line that one process of several writes about its own work, naming
+    it ('process 1 of 2 (host): '); '' when the process runs alone."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ""
+    return f"process {jax.process_index()} of {jax.process_count()} ({platform.node()}): "
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int | None:
@@ -140,12 +151,12 @@ class Watcher(threading.Thread):
         import jax
 
         super().__init__(name="ambsn-peer-watcher", daemon=True)
-        self.me, self.count = jax.process_index(), jax.process_count()
+        self.count = jax.process_count()
         self.peer_timeout = peer_timeout
         self.leaving = threading.Event()
         self.polls = threading.Condition()
         self.healthy_polls = 0  # polls that found every process alive
-        _client().key_value_set(f"{_PREFIX}/host/{self.me}", platform.node())
+        _client().key_value_set(f"{_PREFIX}/host/{jax.process_index()}", platform.node())
 
     def _left(self, process: int) -> bool:
         """Whether `process` passed the exit barrier (so the whole run ended well)."""
@@ -187,37 +198,69 @@ class Watcher(threading.Thread):
             self.polls.wait_for(lambda: self.healthy_polls >= target, timeout)
 
 
+class _Session:
+    """This process's part in the run, from joining to leaving at exit (once per process:
+    a process may run several commands, as the tests do, before it leaves)."""
+
+    def __init__(self, peer_timeout: int):
+        import jax
+
+        self.me, self.count = jax.process_index(), jax.process_count()
+        self.peer_timeout = peer_timeout
+        self.failed = False
+        self.watcher = Watcher(peer_timeout)
+        self.watcher.start()
+        # After JAX's own exit handlers are registered, so this one runs first.
+        atexit.register(self.leave)
+
+    def leave(self) -> None:
+        """Waits for every process at the exit barrier, then disconnects: process 0, which
+        hosts the coordinator, last (JAX aborts the others when it goes first)."""
+        import jax
+
+        client = _client()
+        try:
+            client.wait_at_barrier(f"{_PREFIX}/exit", (self.peer_timeout if self.failed else EXIT_WAIT_SECONDS) * 1000)
+        except Exception:  # noqa: BLE001 - a peer that never came: its watchers, or ours, report it
+            return
+        self.watcher.leaving.set()
+        client.key_value_set(f"{_PREFIX}/done/{self.me}", "1")
+        if self.me == 0:
+            waiter = threading.Thread(target=_until_alone, args=(self.count,), daemon=True)
+            waiter.start()
+            waiter.join(self.peer_timeout)
+        jax.distributed.shutdown()
+
+
+def _until_alone(count: int) -> None:
+    while len(_client().get_live_nodes(list(range(count)))) > 1:
+        threading.Event().wait(0.1)
+
+
+_session: _Session | None = None
+
+
 def run(settings: Settings, body: Callable[[], int]) -> int:
-    """Joins the run `settings` describe (if any), returns `body()`'s exit status, and leaves
-    together with the other processes; a lost peer ends the process (see the module's doc)."""
+    """Joins the run `settings` describe (if not yet joined, and if any) and returns
+    `body()`'s exit status; every process leaves together at exit, and a lost peer ends the
+    process (see the module's doc)."""
+    global _session
     kwargs = resolve(settings)
     if kwargs is None:
         return body()
-    import jax
+    if _session is None:
+        import jax
 
-    if not jax.distributed.is_initialized():
-        _join(kwargs, settings.join_timeout)
-    watcher = Watcher(settings.peer_timeout)
-    watcher.start()
-    status = 1
+        if not jax.distributed.is_initialized():
+            _join(kwargs, settings.join_timeout)
+        _session = _Session(settings.peer_timeout)
     try:
         status = body()
     except BaseException:
+        _session.failed = True
         # A collective that failed because a peer died: let the watcher name it (and exit)
         # rather than print a traceback about a closed connection.
-        watcher.await_verdict(settings.peer_timeout + 3 * POLL_SECONDS)
+        _session.watcher.await_verdict(settings.peer_timeout + 3 * POLL_SECONDS)
         raise
-    finally:
-        _leave(watcher, EXIT_WAIT_SECONDS if status == 0 else settings.peer_timeout)
+    _session.failed |= status != 0
     return status
-
-
-def _leave(watcher: Watcher, wait_seconds: int) -> None:
-    """Waits for every process at the exit barrier, then marks this one done."""
-    client = _client()
-    try:
-        client.wait_at_barrier(f"{_PREFIX}/exit", wait_seconds * 1000)
-    except Exception:  # noqa: BLE001 - a peer that does not come is the watcher's to report
-        return
-    watcher.leaving.set()
-    client.key_value_set(f"{_PREFIX}/done/{watcher.me}", "1")

@@ -62,3 +62,7 @@ def test_a_coordinator_that_does_not_answer_is_an_error_within_the_timeout():
     assert len(lines) == 1 and lines[0].startswith("error: process 1 of 2 could not join the run at 127.0.0.1:9 within 3 s")
     assert "Traceback" not in done.stderr and "Check failure" not in done.stderr
     assert took < 3 + 30  # the interpreter's and JAX's start on a loaded 2-core machine
+
+
+def test_a_lone_process_speaks_without_a_prefix():
+    assert distributed.speaker() == ""
