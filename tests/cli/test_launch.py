@@ -26,7 +26,7 @@ from ambsn_jax import distributed
 from ambsn_jax.checkpoint.store import load_checkpoint
 from ambsn_jax.cli import launch
 from ambsn_jax.train.runlog import METRICS_FILE
-from tests.helpers import ROOT
+from tests.helpers import ROOT, launched_pid
 
 STEPS = 10
 PEER_TIMEOUT = 10
@@ -53,25 +53,13 @@ def logged_steps(workdir: Path) -> int:
         return 0
 
 
-def process_pid(launcher: int, index: int) -> int:
-    """The pid of the launched process `index` (a child of `launcher`)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher:
-                if f"JAX_PROCESS_ID={index}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    return int(entry.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no process {index} under {launcher}")
-
-
 def signal_once(proc: subprocess.Popen, workdir: Path, after_steps: int, signum: int) -> float:
     """Sends `signum` to launched process 1 once `after_steps` steps are logged; returns when."""
     deadline = time.monotonic() + 400
     while logged_steps(workdir) < after_steps:
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
         time.sleep(0.05)
-    os.kill(process_pid(proc.pid, 1), signum)
+    os.kill(launched_pid(proc.pid, 1), signum)
     return time.monotonic()
 
 
