@@ -4,8 +4,8 @@ Every process runs the same command. It joins when told where the coordinator (p
 (`--coordinator` or JAX_COORDINATOR_ADDRESS, with the process count and this process's index
 from flags, JAX_NUM_PROCESSES / JAX_PROCESS_ID, or the cluster), or when Slurm or Open MPI
 started more than one task (JAX reads the rest from their variables); `--cluster NAME` names
-the cluster JAX should read instead (slurm, ompi, mpi4py, k8s, ...), `--cluster off` never
-joins.
+the cluster JAX should read instead (slurm, ompi, mpi4py, tpu, ...), `--cluster jax` lets JAX
+detect any it knows (Kubernetes, TPU pods), `--cluster off` never joins.
 
 What can go wrong, and what every process then does (docs/cluster.md):
 - the coordinator does not answer within `join_timeout`: one `error:` line, exit 2;
@@ -39,7 +39,9 @@ LOST_PEER = 75
 POLL_SECONDS = 2.0
 # How long a process that finished waits for the others to finish too.
 EXIT_WAIT_SECONDS = 300
-CLUSTERS = ("auto", "off", "slurm", "ompi", "mpi4py", "k8s", "tpu", "gcetpu", "gketpu")
+# `jax`: whatever JAX detects (Kubernetes with `jax[k8s]`, TPU pods, ...); the others name
+# one of JAX's cluster types.
+CLUSTERS = ("auto", "off", "jax", "slurm", "ompi", "mpi4py", "tpu", "gcetpu", "gketpu")
 # What says "more than one process" in the clusters `auto` joins without being told.
 _TASK_COUNTS = {"slurm": "SLURM_NTASKS", "ompi": "OMPI_COMM_WORLD_SIZE"}
 _PREFIX = "ambsn"
@@ -95,7 +97,7 @@ def resolve(settings: Settings, env: Mapping[str, str] = os.environ) -> dict | N
         return None
     if coordinator is not None and ":" not in coordinator:
         raise UserError(f"coordinator {coordinator!r}: must be HOST:PORT (the address of process 0)")
-    method = None if settings.cluster == "auto" else settings.cluster
+    method = None if settings.cluster in ("auto", "jax") else settings.cluster
     return {
         "coordinator_address": coordinator,
         **{k: v for k, v in counts.items() if v is not None},
@@ -126,6 +128,8 @@ def _join(kwargs: dict, join_timeout: int) -> None:
     timer.start()
     try:
         jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # JAX found no cluster to fill in what is missing
+        raise UserError(f"cannot join a multi-process run: {e} (see --coordinator, --cluster)") from e
     finally:
         timer.cancel()
 

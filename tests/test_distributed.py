@@ -37,7 +37,8 @@ def test_clusters_are_left_to_jax():
     for env in ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, {"OMPI_COMM_WORLD_SIZE": "2"}):
         got = distributed.resolve(S(), env)
         assert got["coordinator_address"] is None and "process_id" not in got and got["cluster_detection_method"] is None
-    assert distributed.resolve(S(cluster="k8s"), {})["cluster_detection_method"] == "k8s"
+    assert distributed.resolve(S(cluster="slurm"), {})["cluster_detection_method"] == "slurm"
+    assert distributed.resolve(S(cluster="jax"), {})["cluster_detection_method"] is None
 
 
 @pytest.mark.parametrize("env, message", [
@@ -66,3 +67,17 @@ def test_a_coordinator_that_does_not_answer_is_an_error_within_the_timeout():
 
 def test_a_lone_process_speaks_without_a_prefix():
     assert distributed.speaker() == ""
+
+
+def test_no_cluster_for_jax_to_detect_is_one_error(monkeypatch):
+    import jax
+
+    def initialize(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    try:
+        with pytest.raises(UserError, match=r"cannot join a multi-process run: coordinator_address should be defined\. \(see"):
+            distributed.run(S(cluster="jax"), lambda: 0)
+    finally:
+        jax.config.update("jax_enable_recoverability", False)
