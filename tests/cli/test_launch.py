@@ -30,7 +30,6 @@ from tests.helpers import ROOT, launched_pid
 
 STEPS = 10
 PEER_TIMEOUT = 10
-pytestmark = pytest.mark.slow
 
 
 def train_argv(workdir: Path) -> list[str]:
@@ -103,16 +102,20 @@ def chain(tmp_path_factory) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(chain):
     code, log = chain["term"]
     assert code == 128 + signal.SIGTERM, log[-3000:]
     # Both processes voted to stop after the same step and exited 143; the checkpoint (one
     # collective save) is of that step.
     assert re.findall(r"ambsn-launch: process (\d) exited with status (\d+)", log) == [("0", "143"), ("1", "143")]
+    # The signalled process says so, naming itself; process 0 reports the stop for the run.
+    assert re.search(r"^\[1\] process 1 of 2 \(.+\): SIGTERM: finishing this step", log, re.MULTILINE), log[-3000:]
     stops = re.findall(r"^\[0\] SIGTERM: stopped at step (\d+), checkpoint saved", log, re.MULTILINE)
     assert stops == [str(chain["term_latest"])] and 1 <= chain["term_latest"] <= STEPS - 4, log[-3000:]
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_process_ends_the_other_within_the_peer_timeout(chain):
     code, log, took = chain["kill"]
     assert code == 128 + signal.SIGKILL, log[-3000:]
@@ -128,6 +131,7 @@ def test_kill_9_of_one_process_ends_the_other_within_the_peer_timeout(chain):
     assert chain["kill_latest"] >= chain["term_latest"]
 
 
+@pytest.mark.slow
 def test_two_processes_resumed_twice_train_bitwise_like_one(chain, whole):
     code, log = chain["rest"]
     assert code == 0, log[-3000:]
@@ -152,3 +156,24 @@ def test_the_launcher_passes_the_run_on_and_reports_bad_input(capsys):
     assert launch.status_of(-9) == 137 and launch.status_of(75) == 75
     assert launch.main(["--processes", "0", "--", "true"]) == 2
     assert capsys.readouterr().err == "error: --processes and --devices-per-process must be at least 1\n"
+
+
+CHILD = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: (print("got SIGTERM", flush=True), sys.exit(143)))
+print("ready", flush=True)
+time.sleep(60)
+sys.exit(3)
+"""
+
+
+def test_the_launcher_passes_signals_on_and_prefixes_lines():
+    proc = subprocess.Popen([sys.executable, "-m", "ambsn_jax.cli.launch", "--processes", "2", "--", sys.executable, "-c", CHILD],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seen = {proc.stdout.readline() for _ in range(2)}
+    assert seen == {"[0] ready\n", "[1] ready\n"}
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert sorted(out.splitlines()) == ["[0] got SIGTERM", "[1] got SIGTERM"]
+    assert err.splitlines() == ["ambsn-launch: process 0 exited with status 143", "ambsn-launch: process 1 exited with status 143"]
