@@ -42,8 +42,9 @@ EXIT_WAIT_SECONDS = 300
 # `jax`: whatever JAX detects (Kubernetes with `jax[k8s]`, TPU pods, ...); the others name
 # one of JAX's cluster types.
 CLUSTERS = ("auto", "off", "jax", "slurm", "ompi", "mpi4py", "tpu", "gcetpu", "gketpu")
-# What says "more than one process" in the clusters `auto` joins without being told.
-_TASK_COUNTS = {"slurm": "SLURM_NTASKS", "ompi": "OMPI_COMM_WORLD_SIZE"}
+# What says "more than one process" in the clusters `auto` joins without being told: for Slurm,
+# the tasks of this job step (`srun`), so that the batch script itself runs alone.
+_TASK_COUNTS = {"slurm": "SLURM_STEP_NUM_TASKS", "ompi": "OMPI_COMM_WORLD_SIZE"}
 _PREFIX = "ambsn"
 
 

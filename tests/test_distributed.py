@@ -18,8 +18,8 @@ S = distributed.Settings
 
 def test_a_single_process_joins_nothing():
     assert distributed.resolve(S(), {}) is None
-    # One Slurm task, or a coordinator with `--cluster off`: still alone.
-    assert distributed.resolve(S(), {"SLURM_NTASKS": "1"}) is None
+    # A Slurm batch script (one task in its step), or a coordinator with `--cluster off`: still alone.
+    assert distributed.resolve(S(), {"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "1"}) is None
     assert distributed.resolve(S(cluster="off"), {"JAX_COORDINATOR_ADDRESS": "h:1"}) is None
 
 
@@ -34,7 +34,7 @@ def test_flags_win_over_the_environment():
 
 def test_clusters_are_left_to_jax():
     """Several Slurm or Open MPI tasks: JAX reads the address and indices from their variables."""
-    for env in ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, {"OMPI_COMM_WORLD_SIZE": "2"}):
+    for env in ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}, {"OMPI_COMM_WORLD_SIZE": "2"}):
         got = distributed.resolve(S(), env)
         assert got["coordinator_address"] is None and "process_id" not in got and got["cluster_detection_method"] is None
     assert distributed.resolve(S(cluster="slurm"), {})["cluster_detection_method"] == "slurm"
