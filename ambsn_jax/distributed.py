@@ -92,9 +92,8 @@ def resolve(settings: Settings, env: Mapping[str, str] = os.environ) -> dict | N
         "num_processes": settings.num_processes if settings.num_processes is not None else _env_int(env, "JAX_NUM_PROCESSES"),
         "process_id": settings.process_id if settings.process_id is not None else _env_int(env, "JAX_PROCESS_ID"),
     }
-    tasks = {name: _env_int(env, var) or 0 for name, var in _TASK_COUNTS.items()}
-    detected = next((name for name, count in tasks.items() if count > 1), None)
-    if settings.cluster == "auto" and coordinator is None and detected is None:
+    several_tasks = any((_env_int(env, var) or 0) > 1 for var in _TASK_COUNTS.values())
+    if settings.cluster == "auto" and coordinator is None and not several_tasks:
         return None
     if coordinator is not None and ":" not in coordinator:
         raise UserError(f"coordinator {coordinator!r}: must be HOST:PORT (the address of process 0)")
