@@ -4,16 +4,16 @@ Every process runs the same command. It joins when told where the coordinator (p
 (`--coordinator` or JAX_COORDINATOR_ADDRESS, with the process count and this process's index
 from flags, JAX_NUM_PROCESSES / JAX_PROCESS_ID, or the cluster), or when Slurm or Open MPI
 started more than one task (JAX reads the rest from their variables); `--cluster NAME` names
-the cluster JAX should read instead (slurm, ompi, mpi4py, k8s, ...), `--cluster off` never
-joins.
+the cluster JAX should read instead (slurm, ompi, mpi4py, tpu, ...), `--cluster jax` lets JAX
+detect any it knows (Kubernetes, TPU pods), `--cluster off` never joins.
 
 What can go wrong, and what every process then does (docs/cluster.md):
 - the coordinator does not answer within `join_timeout`: one `error:` line, exit 2;
 - a process is lost (killed, its host gone): every other one notices within `peer_timeout`
   (plus a poll of `POLL_SECONDS`), prints one line naming it and exits with `LOST_PEER`;
   the checkpoints committed before stay whole (Orbax publishes a step once all is written);
-- all processes end: they wait for each other (`EXIT_WAIT_SECONDS`, or `peer_timeout` after
-  a failure), so that none takes the coordinator away while another still works.
+- all processes end: at exit they wait for each other (`EXIT_WAIT_SECONDS`, or `peer_timeout`
+  after a failure), so that none takes the coordinator away while another still works.
 
 JAX would abort a survivor (SIGABRT, a C++ stack) once a peer misses its heartbeats; here
 JAX's recoverable mode is on, so that JAX reports the lost peer and this module ends the run.
@@ -23,6 +23,7 @@ no setting changes today.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import platform
@@ -38,9 +39,12 @@ LOST_PEER = 75
 POLL_SECONDS = 2.0
 # How long a process that finished waits for the others to finish too.
 EXIT_WAIT_SECONDS = 300
-CLUSTERS = ("auto", "off", "slurm", "ompi", "mpi4py", "k8s", "tpu", "gcetpu", "gketpu")
-# What says "more than one process" in the clusters `auto` joins without being told.
-_TASK_COUNTS = {"slurm": "SLURM_NTASKS", "ompi": "OMPI_COMM_WORLD_SIZE"}
+# `jax`: whatever JAX detects (Kubernetes with `jax[k8s]`, TPU pods, ...); the others name
+# one of JAX's cluster types.
+CLUSTERS = ("auto", "off", "jax", "slurm", "ompi", "mpi4py", "tpu", "gcetpu", "gketpu")
+# What says "more than one process" in the clusters `auto` joins without being told: for Slurm,
+# the tasks of this job step (`srun`), so that the batch script itself runs alone.
+_TASK_COUNTS = {"slurm": "SLURM_STEP_NUM_TASKS", "ompi": "OMPI_COMM_WORLD_SIZE"}
 _PREFIX = "ambsn"
 
 
@@ -54,6 +58,16 @@ class Settings:
     cluster: str = "auto"
     join_timeout: int = 300
     peer_timeout: int = 60
+
+
+def speaker() -> str:
+    """The prefix of a line that one process of several writes about its own work, naming
+    it ('process 1 of 2 (host): '); '' when the process runs alone."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ""
+    return f"process {jax.process_index()} of {jax.process_count()} ({platform.node()}): "
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int | None:
@@ -78,13 +92,12 @@ def resolve(settings: Settings, env: Mapping[str, str] = os.environ) -> dict | N
         "num_processes": settings.num_processes if settings.num_processes is not None else _env_int(env, "JAX_NUM_PROCESSES"),
         "process_id": settings.process_id if settings.process_id is not None else _env_int(env, "JAX_PROCESS_ID"),
     }
-    tasks = {name: _env_int(env, var) or 0 for name, var in _TASK_COUNTS.items()}
-    detected = next((name for name, count in tasks.items() if count > 1), None)
-    if settings.cluster == "auto" and coordinator is None and detected is None:
+    several_tasks = any((_env_int(env, var) or 0) > 1 for var in _TASK_COUNTS.values())
+    if settings.cluster == "auto" and coordinator is None and not several_tasks:
         return None
     if coordinator is not None and ":" not in coordinator:
         raise UserError(f"coordinator {coordinator!r}: must be HOST:PORT (the address of process 0)")
-    method = None if settings.cluster == "auto" else settings.cluster
+    method = None if settings.cluster in ("auto", "jax") else settings.cluster
     return {
         "coordinator_address": coordinator,
         **{k: v for k, v in counts.items() if v is not None},
@@ -115,6 +128,8 @@ def _join(kwargs: dict, join_timeout: int) -> None:
     timer.start()
     try:
         jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # JAX found no cluster to fill in what is missing
+        raise UserError(f"cannot join a multi-process run: {e} (see --coordinator, --cluster)") from e
     finally:
         timer.cancel()
 
@@ -140,12 +155,12 @@ class Watcher(threading.Thread):
         import jax
 
         super().__init__(name="ambsn-peer-watcher", daemon=True)
-        self.me, self.count = jax.process_index(), jax.process_count()
+        self.count = jax.process_count()
         self.peer_timeout = peer_timeout
         self.leaving = threading.Event()
         self.polls = threading.Condition()
         self.healthy_polls = 0  # polls that found every process alive
-        _client().key_value_set(f"{_PREFIX}/host/{self.me}", platform.node())
+        _client().key_value_set(f"{_PREFIX}/host/{jax.process_index()}", platform.node())
 
     def _left(self, process: int) -> bool:
         """Whether `process` passed the exit barrier (so the whole run ended well)."""
@@ -187,37 +202,69 @@ class Watcher(threading.Thread):
             self.polls.wait_for(lambda: self.healthy_polls >= target, timeout)
 
 
+class _Session:
+    """This process's part in the run, from joining to leaving at exit (once per process:
+    a process may run several commands, as the tests do, before it leaves)."""
+
+    def __init__(self, peer_timeout: int):
+        import jax
+
+        self.me, self.count = jax.process_index(), jax.process_count()
+        self.peer_timeout = peer_timeout
+        self.failed = False
+        self.watcher = Watcher(peer_timeout)
+        self.watcher.start()
+        # After JAX's own exit handlers are registered, so this one runs first.
+        atexit.register(self.leave)
+
+    def leave(self) -> None:
+        """Waits for every process at the exit barrier, then disconnects: process 0, which
+        hosts the coordinator, last (JAX aborts the others when it goes first)."""
+        import jax
+
+        client = _client()
+        try:
+            client.wait_at_barrier(f"{_PREFIX}/exit", (self.peer_timeout if self.failed else EXIT_WAIT_SECONDS) * 1000)
+        except Exception:  # noqa: BLE001 - a peer that never came: its watchers, or ours, report it
+            return
+        self.watcher.leaving.set()
+        client.key_value_set(f"{_PREFIX}/done/{self.me}", "1")
+        if self.me == 0:
+            waiter = threading.Thread(target=_until_alone, args=(self.count,), daemon=True)
+            waiter.start()
+            waiter.join(self.peer_timeout)
+        jax.distributed.shutdown()
+
+
+def _until_alone(count: int) -> None:
+    while len(_client().get_live_nodes(list(range(count)))) > 1:
+        threading.Event().wait(0.1)
+
+
+_session: _Session | None = None
+
+
 def run(settings: Settings, body: Callable[[], int]) -> int:
-    """Joins the run `settings` describe (if any), returns `body()`'s exit status, and leaves
-    together with the other processes; a lost peer ends the process (see the module's doc)."""
+    """Joins the run `settings` describe (if not yet joined, and if any) and returns
+    `body()`'s exit status; every process leaves together at exit, and a lost peer ends the
+    process (see the module's doc)."""
+    global _session
     kwargs = resolve(settings)
     if kwargs is None:
         return body()
-    import jax
+    if _session is None:
+        import jax
 
-    if not jax.distributed.is_initialized():
-        _join(kwargs, settings.join_timeout)
-    watcher = Watcher(settings.peer_timeout)
-    watcher.start()
-    status = 1
+        if not jax.distributed.is_initialized():
+            _join(kwargs, settings.join_timeout)
+        _session = _Session(settings.peer_timeout)
     try:
         status = body()
     except BaseException:
+        _session.failed = True
         # A collective that failed because a peer died: let the watcher name it (and exit)
         # rather than print a traceback about a closed connection.
-        watcher.await_verdict(settings.peer_timeout + 3 * POLL_SECONDS)
+        _session.watcher.await_verdict(settings.peer_timeout + 3 * POLL_SECONDS)
         raise
-    finally:
-        _leave(watcher, EXIT_WAIT_SECONDS if status == 0 else settings.peer_timeout)
+    _session.failed |= status != 0
     return status
-
-
-def _leave(watcher: Watcher, wait_seconds: int) -> None:
-    """Waits for every process at the exit barrier, then marks this one done."""
-    client = _client()
-    try:
-        client.wait_at_barrier(f"{_PREFIX}/exit", wait_seconds * 1000)
-    except Exception:  # noqa: BLE001 - a peer that does not come is the watcher's to report
-        return
-    watcher.leaving.set()
-    client.key_value_set(f"{_PREFIX}/done/{watcher.me}", "1")

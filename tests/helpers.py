@@ -256,3 +256,15 @@ def tmbsn_release():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def launched_pid(launcher: int, index: int) -> int:
+    """The pid of process `index` that `ambsn-launch` (pid `launcher`) started."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher:
+                if f"JAX_PROCESS_ID={index}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process {index} under {launcher}")

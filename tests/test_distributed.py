@@ -18,8 +18,8 @@ S = distributed.Settings
 
 def test_a_single_process_joins_nothing():
     assert distributed.resolve(S(), {}) is None
-    # One Slurm task, or a coordinator with `--cluster off`: still alone.
-    assert distributed.resolve(S(), {"SLURM_NTASKS": "1"}) is None
+    # A Slurm batch script (one task in its step), or a coordinator with `--cluster off`: still alone.
+    assert distributed.resolve(S(), {"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "1"}) is None
     assert distributed.resolve(S(cluster="off"), {"JAX_COORDINATOR_ADDRESS": "h:1"}) is None
 
 
@@ -34,10 +34,11 @@ def test_flags_win_over_the_environment():
 
 def test_clusters_are_left_to_jax():
     """Several Slurm or Open MPI tasks: JAX reads the address and indices from their variables."""
-    for env in ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, {"OMPI_COMM_WORLD_SIZE": "2"}):
+    for env in ({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}, {"OMPI_COMM_WORLD_SIZE": "2"}):
         got = distributed.resolve(S(), env)
         assert got["coordinator_address"] is None and "process_id" not in got and got["cluster_detection_method"] is None
-    assert distributed.resolve(S(cluster="k8s"), {})["cluster_detection_method"] == "k8s"
+    assert distributed.resolve(S(cluster="slurm"), {})["cluster_detection_method"] == "slurm"
+    assert distributed.resolve(S(cluster="jax"), {})["cluster_detection_method"] is None
 
 
 @pytest.mark.parametrize("env, message", [
@@ -62,3 +63,21 @@ def test_a_coordinator_that_does_not_answer_is_an_error_within_the_timeout():
     assert len(lines) == 1 and lines[0].startswith("error: process 1 of 2 could not join the run at 127.0.0.1:9 within 3 s")
     assert "Traceback" not in done.stderr and "Check failure" not in done.stderr
     assert took < 3 + 30  # the interpreter's and JAX's start on a loaded 2-core machine
+
+
+def test_a_lone_process_speaks_without_a_prefix():
+    assert distributed.speaker() == ""
+
+
+def test_no_cluster_for_jax_to_detect_is_one_error(monkeypatch):
+    import jax
+
+    def initialize(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    try:
+        with pytest.raises(UserError, match=r"cannot join a multi-process run: coordinator_address should be defined\. \(see"):
+            distributed.run(S(cluster="jax"), lambda: 0)
+    finally:
+        jax.config.update("jax_enable_recoverability", False)

@@ -58,8 +58,8 @@ def add_cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (default: JAX_NUM_PROCESSES, or the cluster's)")
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1 (default: JAX_PROCESS_ID, or the cluster's)")
     g.add_argument("--cluster", choices=distributed.CLUSTERS, default="auto",
-                   help="auto: join when a coordinator is given or Slurm / Open MPI started several tasks; "
-                   "NAME: read that cluster's variables; off: run alone (%(default)s)")  # fmt: skip
+                   help="auto: join when a coordinator is given or Slurm / Open MPI started several tasks; jax: "
+                   "whatever JAX detects (Kubernetes, TPU pods); NAME: that cluster's variables; off: run alone (%(default)s)")  # fmt: skip
     g.add_argument("--join-timeout", type=int, default=distributed.Settings.join_timeout, metavar="S",
                    help="give up (exit 2) when the run is not joined within S seconds (%(default)s)")  # fmt: skip
     g.add_argument("--peer-timeout", type=int, default=distributed.Settings.peer_timeout, metavar="S",

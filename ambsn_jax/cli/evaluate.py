@@ -277,7 +277,7 @@ def _images(args: argparse.Namespace) -> int:
     finally:
         resume.close()
     for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
+        print(f"error: {distributed.speaker()}{failure}", file=sys.stderr)
     failed = meshlib.total(len(failures))
     reused = meshlib.total(resume.reused)
     if not _lead():

@@ -8,7 +8,8 @@ collectives), so that every multi-process path (sharded steps, the preemption vo
 manifests, a lost peer) runs on one machine as it would on several hosts (docs/cluster.md).
 A command ending in `.py` runs with this Python.
 
-Each line a process writes comes out prefixed `[I] ` on the same stream. SIGTERM and SIGINT are
+Each line a process writes comes out prefixed `[I] ` on the same stream; one line names each
+process that exited with a non-zero status. SIGTERM and SIGINT are
 passed on to every process (each in its own process group, so that Ctrl-C reaches them once).
 Exit status: the worst of the processes' (a process a signal ended counts as 128 + N), 2 for a
 bad command line.
@@ -47,16 +48,15 @@ def free_port() -> int:
 def child_env(index: int, processes: int, devices: int, port: int, env: dict[str, str]) -> dict[str, str]:
     """Process `index`'s environment: the run's coordinates and its CPU devices."""
     flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    return {
-        **env,
-        "JAX_PLATFORMS": "cpu",
+    # Lines reach the prefixing threads as they are written, not when a buffer fills.
+    env = {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "PYTHONUNBUFFERED": "1"}
+    if processes == 1:  # a plain run, for comparison
+        return env
+    return env | {
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        "XLA_FLAGS": flags,
         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
         "JAX_NUM_PROCESSES": str(processes),
         "JAX_PROCESS_ID": str(index),
-        # Lines reach the prefixing threads as they are written, not when a buffer fills.
-        "PYTHONUNBUFFERED": "1",
     }
 
 
@@ -109,7 +109,11 @@ def _launch(argv: Sequence[str] | None) -> int:
             signal.signal(s, handler)
     for relay in relays:
         relay.join()
-    return max(status_of(code) for code in codes)
+    statuses = [status_of(code) for code in codes]
+    for i, status in enumerate(statuses):
+        if status:
+            print(f"ambsn-launch: process {i} exited with status {status}", file=sys.stderr, flush=True)
+    return max(statuses)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

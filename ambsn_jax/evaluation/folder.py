@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ambsn_jax import mesh as meshlib
+from ambsn_jax.distributed import speaker
 from ambsn_jax.checkpoint.store import Checkpoint
 from ambsn_jax.data.images import read_image, write_image
 from ambsn_jax.errors import UserError
@@ -82,5 +83,5 @@ def denoise_files(
                 failures.append(str(e))
             bar.update()
             if bar.disable:  # no terminal to draw a bar on: a line per image instead
-                print(f"[{count}/{len(mine)}] {source} -> {target}", file=sys.stderr, flush=True)
+                print(f"{speaker()}[{count}/{len(mine)}] {source} -> {target}", file=sys.stderr, flush=True)
     return failures

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ambsn_jax import mesh as meshlib
+from ambsn_jax.distributed import speaker
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -58,11 +59,11 @@ class Preemption:
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         if self.signum is not None:
-            print(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            print(f"{speaker()}{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True)
             os._exit(exit_status(signum))
         self.signum = signum
         print(
-            f"{signal.Signals(signum).name}: finishing this step and checkpointing it (send it again to exit at once)",
+            f"{speaker()}{signal.Signals(signum).name}: finishing this step and checkpointing it (send it again to exit at once)",
             file=sys.stderr,
             flush=True,
         )

@@ -8,6 +8,7 @@ those of an uninterrupted run: every step's checkpoint holds all the run's state
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -39,6 +40,32 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:240]
 
 
+def _orphaned_read(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _OrphanedReads(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+@functools.cache
+def _quiet_orphaned_reads() -> None:
+    """Orbax reads a step with many asynchronous tasks; once one fails, the others end after
+    Orbax closed their event loop, and asyncio logs "Task exception was never retrieved" and
+    TensorStore's callbacks report "Event loop is closed" as unraisable (dozens for one broken
+    step), some while the failure is still on its way. Those reads belong to a step reported
+    and set aside: from the first restore on, these two messages, and only they, are dropped."""
+    logging.getLogger("asyncio").addFilter(_OrphanedReads())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not _orphaned_read(unraisable.exc_value):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def restore_latest_good(
     mngr: ocp.CheckpointManager, restore: Callable[[int], T]
 ) -> tuple[int, T] | None:
@@ -49,6 +76,7 @@ def restore_latest_good(
     """
     ckpt_dir = Path(mngr.directory)
     broken: dict[int, str] = {}
+    _quiet_orphaned_reads()
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             restored = restore(step)

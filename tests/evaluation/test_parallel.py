@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 from ambsn_jax.cli import evaluate
 from ambsn_jax.data.images import read_pixels
 from ambsn_jax.evaluation.submission import read_submission
-from tests.helpers import ROOT, SIDD_SHAPE, write_png
+from tests.helpers import ROOT, SIDD_SHAPE, launched_pid, write_png
 
 LIMIT = 3
 
@@ -108,3 +110,44 @@ def test_two_processes_of_two_devices_evaluate_like_one(val_dir, bench_dir, imag
     assert_same_results(tmp_path, one_device, devices=4, processes=2)
     # Only process 0 wrote the report and the submission; the images were split between them.
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".json", ".csv")) == ["sub.csv", "val.json"]
+
+
+def launch(processes: int, argv: list[str], log: Path) -> subprocess.Popen:
+    """`evaluate.py argv` as `processes` processes x 2 CPU devices (ambsn-launch)."""
+    cmd = [sys.executable, "-m", "ambsn_jax.cli.launch", "--processes", str(processes), "--devices-per-process", "2",
+           "--", "evaluate.py", *argv, "--peer-timeout", "10"]  # fmt: skip
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_folder_resume_to_the_same_bytes(ckpt, tmp_path):
+    """kill -9 of process 1 while it denoises its share: process 0 leaves (75), the rerun over 2
+    processes reuses what either finished (their manifests) and writes the bytes of one process."""
+    images = tmp_path / "in"
+    for i in range(8):
+        write_png(images / f"im{i}.png", (30, 40, 3), seed=i)
+    common = ["--ckpt", str(ckpt), "--batch", "1", "--input", str(images), "--tile", "24", "--overlap", "4"]
+    one = launch(1, [*common, "--output", str(tmp_path / "one")], tmp_path / "one.log")
+    out = tmp_path / "two"
+    proc = launch(2, [*common, "--output", str(out)], tmp_path / "killed.log")
+    manifest = out / ".ambsn-evaluate.1.jsonl"
+    deadline = time.monotonic() + 300
+    # The header and one finished image: process 1 is mid-way through its share of four.
+    while not (manifest.is_file() and len(manifest.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.02)
+    os.kill(launched_pid(proc.pid, 1), signal.SIGKILL)
+    killed_log = tmp_path / "killed.log"
+    assert proc.wait(timeout=120) == 128 + signal.SIGKILL, killed_log.read_text()[-3000:]
+    assert "ambsn-launch: process 0 exited with status 75" in killed_log.read_text()
+    done = len(list(out.glob("*.png")))
+    assert 1 <= done < 8
+    rerun = launch(2, [*common, "--output", str(out)], tmp_path / "rerun.log")
+    assert rerun.wait(timeout=300) == 0 and one.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert f"[0] wrote 8 of 8 images to {out} ({done} reused from an earlier run" in (tmp_path / "rerun.log").read_text()
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
+    assert names == sorted(p.name for p in out.glob("*.png")) and len(names) == 8
+    for name in names:
+        assert (out / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
