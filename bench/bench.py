@@ -17,6 +17,12 @@ Case `user_path` is the shipped demo teacher and student end to end, JAX alone: 
 through the network, the API and `evaluate.py --input`, and a photo larger than a tile (the
 student's 4000 x 3000) against its pixel share of the block's time (`_user_path`).
 
+`--winograd` runs forward256, denoise256 and train_step in JAX a second time with Winograd's
+convolutions (`ops.winograd`) and prints them against the direct ones and PyTorch: times (wall
+and CPU seconds), the effective rate (the release's FLOPs / time) as a share of the same run's
+matmul rate, and the share of XLA's FLOP count avoided. `--train-batch N` shrinks the train
+step's batch (the release's: 8) where a loaded CPU cannot afford it.
+
 `--smoke` runs every case once at a tiny size (networks of C = 8, blocks of a few dozen
 pixels): its numbers mean nothing, it checks that the cases run (tests/bench/test_bench.py).
 """
@@ -483,6 +489,21 @@ def _winograd_table(results: dict, archs: list[str]) -> list[dict]:
     return rows
 
 
+def _runs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(case, architecture) in order: the matmul, each architecture's cases, the demo models' user path."""
+    runs = [(case, "-") for case in args.only if case == "matmul"]
+    runs += [(case, arch) for arch in args.arch for case in args.only if case not in ("matmul", "user_path")]
+    return runs + [("user_path", m) for m in SIZES.user_models if "user_path" in args.only]
+
+
+def _sizes(args: argparse.Namespace) -> Sizes:
+    """What the options make the cases run at (and `--winograd`'s FLOP counts switched on)."""
+    if args.winograd:
+        os.environ[COUNT_FLOPS] = "1"  # read by the children (and by `measure` in this process)
+    sizes = SMOKE if args.smoke else FULL
+    return sizes if args.train_batch is None else dataclasses.replace(sizes, train_batch=args.train_batch)
+
+
 def main(argv: list[str] | None = None) -> int:
     global SIZES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -495,19 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--winograd", action="store_true", help=f"{', '.join(WINOGRAD_CASES)} in JAX with Winograd's convs too")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "ARCH", "FRAMEWORK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    SIZES = SMOKE if args.smoke else FULL
-    if args.train_batch is not None:
-        SIZES = dataclasses.replace(SIZES, train_batch=args.train_batch)
-    if args.winograd:
-        os.environ[COUNT_FLOPS] = "1"  # read by the children (and by `measure` in this process)
+    SIZES = _sizes(args)
     if args.child:
         print(json.dumps(measure(*args.child, args.repeats)))
         return 0
     results = {}
-    runs = [(case, "-") for case in args.only if case == "matmul"]
-    runs += [(case, arch) for arch in args.arch for case in args.only if case != "matmul"]
-    runs = [r for r in runs if r[0] != "user_path"] + [("user_path", m) for m in SIZES.user_models if "user_path" in args.only]
-    for case, arch in runs:
+    for case, arch in _runs(args):
         if case == "user_path":
             results[f"{arch}/{case}/jax"] = _report_user_path(arch, args.repeats)
             continue
@@ -539,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['arch']:6s} {r['case']:11s} {r['jax_s']:9.3f} {r['torch_s']:9.3f} {r['speedup']:7.2f}x "
               f"{r['jax_gflops']:8.1f} {share:>9s} {r['jax_compile_s']:9.1f}")  # fmt: skip
     winograd = _winograd_table(results, args.arch) if args.winograd else []
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
-    machine["load_average_end"] = os.getloadavg()
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "load_average_end": os.getloadavg()}  # fmt: skip
     path = args.json or (None if args.smoke else ROOT / "bench" / "results.json")
     if path is not None:
         path.write_text(json.dumps({"machine": machine, "results": results, "table": table, "winograd": winograd}, indent=1))
