@@ -1,4 +1,4 @@
-"""Images of any size: cut into overlapping tiles of one compiled shape and cross-faded back."""
+"""Images of any size: cut into the fewest overlapping tiles of one size and cross-faded back."""
 
 from __future__ import annotations
 
