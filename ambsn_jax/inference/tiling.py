@@ -1,4 +1,4 @@
-"""Images of any size: cut into overlapping tiles of one compiled shape and cross-faded back."""
+"""Images of any size: cut into the fewest overlapping tiles of one size and cross-faded back."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def denoise_image(
     weight = np.outer(_blend_window(th, tiling.overlap), _blend_window(tw, tiling.overlap))[..., None]
     acc = np.zeros((ph, pw, image.shape[2]), np.float32)
     norm = np.zeros((ph, pw, 1), np.float32)
-    # At most `tiling.batch` tiles per device a call, in calls of one size: every device busy,
-    # no call padded with more than a tile per device.
+    # At most `tiling.batch` tiles per device a call, the fewest calls, all of one size: every
+    # device busy, and on average less than one padded tile per device and call.
     devices = denoiser.devices
     for indices, valid in even_batches(len(origins), tiling.batch * devices, devices):
         tiles = np.stack([image[y : y + th, x : x + tw] for y, x in (origins[i] for i in indices)])

@@ -41,10 +41,26 @@ def test_every_case_runs_at_smoke_size(bench, monkeypatch, tmp_path):
     assert bench.main(["--smoke", "--arch", "ambsn", "--repeats", "1", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert not [k for k, r in results["results"].items() if "error" in r]
-    timed = set(bench.CASES) - {"matmul", "eval_throughput"}  # the table's rows: JAX against another framework
+    timed = set(bench.CASES) - {"matmul", "eval_throughput", "user_path"}  # the table's rows: JAX against another framework
     assert {row["case"] for row in results["table"]} == timed
     assert all(row["jax_s"] > 0 and row["torch_s"] > 0 for row in results["table"])
     assert {results["results"][f"ambsn/eval_throughput/jax{d}"]["blocks"] for d in bench.EVAL_DEVICES} == {2}
+    for model in bench.SMOKE.user_models:  # the photo is larger than the smoke tile: it goes through the tiling
+        r = results["results"][f"{model}/user_path/jax"]
+        assert min(r["network_s"], r["api_s"], r["photo_s"]) > 0 and max(r["photo"]) > 48, r
+
+
+def test_the_winograd_table_compares_on_off_and_torch(bench):
+    # The Winograd children are the plain JAX ones with a switch (compiling them costs a minute
+    # even at smoke size); the table they feed is checked on made-up results.
+    results = {"matmul/jax": {"gflops": 100.0, "median_cpu_s": 2 * bench.SIZES.matmul**3 / 100.0}}
+    for case in bench.WINOGRAD_CASES:
+        for fw, s, flops in [("jax", 2.0, 10.0), ("jax-winograd", 1.0, 6.0), ("torch", 4.0, None)]:
+            results[f"ambsn/{case}/{fw}"] = {"median_s": s, "median_cpu_s": s, "gflops": 50.0 / s, "xla_flops": flops, "peak_rss_mib": s, "flops": 50.0}
+    rows = bench._winograd_table(results, ["ambsn", "apbsn"])
+    assert [r["case"] for r in rows] == list(bench.WINOGRAD_CASES)  # apbsn has no results: no rows
+    shares = {(r["on_vs_off"], r["on_vs_torch"], r["flops_avoided"], r["on_rate_share"], r["cpu_on_rate_share"]) for r in rows}
+    assert shares == {(2.0, 4.0, 0.4, 0.5, 0.5)}
 
 
 def test_a_child_process_runs_on_forced_devices(bench):

@@ -65,4 +65,4 @@ def test_pad_to_min_side_edge_pads_bottom_right_only():
 
 
 def test_tiling_defaults_are_the_command_lines():
-    assert Tiling() == Tiling(tile=512, overlap=64, batch=4)
+    assert Tiling() == Tiling(tile=512, overlap=32, batch=4)
