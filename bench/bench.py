@@ -1,6 +1,7 @@
 """JAX vs the PyTorch reference of the release, side by side on this machine, for every network
-of the family (AM-BSN, AP-BSN, MM-BSN, TM-BSN; TM-BSN's side is its release's own code where
-AMBSN_TMBSN_RELEASE names a checkout, else its twin: bench/tmbsn_torch.py).
+of the family (AM-BSN, AP-BSN, MM-BSN, TM-BSN and its student NBSN; the last two's side is their
+release's own code where AMBSN_TMBSN_RELEASE names a checkout, else their twins:
+bench/tmbsn_torch.py, which says what their cases run).
 
     python bench/bench.py [--arch ambsn apbsn mmbsn] [--only CASE ...] [--repeats N] [--json PATH]
 
@@ -48,8 +49,10 @@ from ambsn_jax.nets import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The releases' networks: the student has no release to compare with (bench/student.py times it).
-ARCHS = [a.name for a in registry.ARCHITECTURES.values() if a.blind_spot]
+# The releases' networks: this project's student has no release to compare with (bench/student.py
+# times it); TM-BSN's student NBSN has (bench/tmbsn_torch.py, as TM-BSN's).
+TMBSN_RELEASE = ("tmbsn", "nbsn")
+ARCHS = [a.name for a in registry.ARCHITECTURES.values() if a.blind_spot or a.name in TMBSN_RELEASE]
 CASES = ["matmul", "forward256", "forward264", "denoise256", "train_step", "onnx256", "eval_throughput", "user_path"]
 # eval_throughput: default inference of blocks split over 1, 2, 4 devices (on a CPU, forced host
 # devices that share the same cores: the numbers then show overhead, not speed-up).
@@ -103,6 +106,13 @@ def _network(arch: str) -> dict:
     """The config every case builds `arch` with: the release's; for --smoke C = 8 (the depth
     stays the release's: the PyTorch reference exists only at that depth)."""
     return {"base_ch": 8} if SIZES.smoke else {}
+
+
+def _train_crop(arch: str) -> int:
+    """The training crop's side: NBSN's release pools 2**depth without padding, so its crops
+    divide by that (its recipe's 128 x 128)."""
+    multiple = 2 ** getattr(registry.network_config(arch, _network(arch)), "depth", 0)
+    return -(-SIZES.train_crop // multiple) * multiple
 
 
 def _side(case: str) -> int:
@@ -271,7 +281,9 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
     from ambsn_jax.train import config as configlib
     from ambsn_jax.train.step import Recipe, init_state, lr_schedule, optimizer, train_step
 
-    overrides = [(["data", "dir"], "demo"), (["train", "winograd"], WINOGRAD)]  # a recipe wants a data folder
+    # a recipe wants a data folder, a student's a teacher
+    overrides = [(["data", "dir"], "demo"), (["train", "winograd"], WINOGRAD)]
+    overrides += [] if registry.get(arch).blind_spot else [(["distill", "teacher"], "bench")]
     cfg = configlib.resolve(registry.get(arch).release_config, overrides)
     schedule = lr_schedule(cfg.optim, steps_per_epoch=1000)
     tx = optimizer(cfg.optim, schedule)
@@ -283,7 +295,9 @@ def _jax_train_step(arch: str) -> Callable[[], None]:
     recipe = Recipe.of(cfg)
     state = [jax.jit(partial(init_state, new_model, tx, 0, recipe))()]
     step = jax.jit(partial(train_step, graphdef, tx, schedule, recipe), donate_argnums=0)
-    batch = np.random.RandomState(0).uniform(0, 255, (SIZES.train_batch, SIZES.train_crop, SIZES.train_crop, 3))
+    # A student's batch holds its teacher's targets beside the noisy crops (`Recipe.batch_channels`).
+    shape = (SIZES.train_batch, _train_crop(arch), _train_crop(arch), recipe.batch_channels)
+    batch = np.random.RandomState(0).uniform(0, 255, shape)
     batch = jnp.asarray(batch, jnp.float32)
 
     def run():
@@ -311,10 +325,10 @@ def run_torch(case: str, arch: str, repeats: int) -> dict:
     if case == "onnx256":
         return _onnxruntime_forward(arch, repeats)
     record = registry.get(arch)
-    if "hole" in record.release_inference:  # TM-BSN: its release's code, on 0..1 (bench/tmbsn_torch.py)
+    if arch in TMBSN_RELEASE:  # its release's code, on 0..1 (bench/tmbsn_torch.py)
         from tmbsn_torch import case_fn
 
-        fn, code = case_fn(case, _side(case), SIZES.train_batch, SIZES.train_crop, device, sync)
+        fn, code = case_fn(case, _side(case), SIZES.train_batch, _train_crop(arch), device, sync, arch)
         return _counted(fn, repeats) | {"code": code}
     net = ReleaseDenoiser(bsn=twin_of(record.config(**_network(arch))), tta=record.release_tta).to(device)
     if case == "train_step":
@@ -367,23 +381,34 @@ def _onnxruntime_forward(arch: str, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ambsn_jax.checkpoint.store import params_of
     from ambsn_jax.convert import onnx_export
 
     model = registry.build(arch, _network(arch))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bsn.onnx"
-        ref = onnx_export.reference_for_export(params_of(model), model.config)
-        onnx_export.export_graph(ref.bsn, path)
+        bsn = _onnx_network(arch, model)
+        onnx_export.export_graph(bsn, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     side = _side("onnx256")
     x = np.random.RandomState(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)
     r = _timed(lambda: session.run(None, {"x": x}), repeats)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        ref.bsn(torch.from_numpy(x))
+        bsn(torch.from_numpy(x))
     r["flops"] = counter.get_total_flops()
     return r
+
+
+def _onnx_network(arch: str, model) -> "torch.nn.Module":
+    """The network graph `convert/to_onnx.py` writes for `model`: TM-BSN's at its default hole size."""
+    from ambsn_jax.checkpoint.meta import CheckpointMeta
+    from ambsn_jax.checkpoint.store import params_of
+    from ambsn_jax.convert import onnx_export
+
+    cfg = onnx_export.pd_inference(CheckpointMeta.for_release(arch, model.config, source="random init"))
+    if cfg.hole is not None:
+        return onnx_export.hole_modules(params_of(model), model.config, cfg)[0]
+    return onnx_export.reference_for_export(params_of(model), model.config).bsn
 
 
 def _jax_device_peak_mib() -> float | None:

@@ -63,6 +63,7 @@ def network_row(name: str, ckpt: str | Path, root: Path, limit: int | None, timi
         "peer": name, "method": f"{checkpoint.meta.architecture.display_name}, default inference",
         "checkpoint": str(ckpt), "config": checkpoint.meta.config, "source": checkpoint.meta.source,
         "psnr": report["psnr"], "ssim": report["ssim"], "ssim_gaussian": report["ssim_gaussian"],
+        "params": sum(int(np.size(leaf)) for leaf in jax.tree.leaves(checkpoint.params)),
         "block_psnr": [b["psnr"] for b in report["blocks"]],
         "s_per_block": peers.seconds_per_call(lambda: np.asarray(bound(x, keys)), repeats),
     }  # fmt: skip
@@ -97,7 +98,7 @@ def run(root: Path, wanted: set[str], ckpts: list[str], limit: int | None, repea
     for name, ckpt in shipped + [(str(c), c) for c in ckpts]:
         row, outputs[name] = network_row(name, ckpt, root, limit, timing, repeats)
         rows.append(row)
-        print(f"{name}: {row['psnr']:.2f} dB, {row['s_per_block']:.3f} s per block", flush=True)
+        print(f"{name}: {row['psnr']:.2f} dB, {row['s_per_block']:.3f} s per block, {row['params']:,} parameters", flush=True)
     return rows, outputs
 
 

@@ -125,7 +125,7 @@ def export_graph(module: "torch.nn.Module", path: Path) -> None:
     program.save(str(path))
 
 
-def _hole_modules(params: Any, config: Any, cfg: InferenceConfig) -> tuple["torch.nn.Module", "torch.nn.Module"]:
+def hole_modules(params: Any, config: Any, cfg: InferenceConfig) -> tuple["torch.nn.Module", "torch.nn.Module"]:
     """TM-BSN's graphs: the network at the inference's hole size, on 0..255 and any size, and
     the release's benchmark pass around it (padding reflected)."""
     import torch
@@ -143,7 +143,7 @@ def export_graphs(checkpoint: Checkpoint, bsn_path: Path, denoise_path: Path) ->
     """Write the network graph and the PD-inference graph of `checkpoint` (no verification)."""
     cfg = pd_inference(checkpoint.meta)
     if cfg.hole is not None:
-        bsn, inference = _hole_modules(checkpoint.params, checkpoint.meta.network_config(), cfg)
+        bsn, inference = hole_modules(checkpoint.params, checkpoint.meta.network_config(), cfg)
     else:
         ref = reference_for_export(checkpoint.params, checkpoint.meta.network_config(), cfg.pd_pad)
         bsn, inference = ref.bsn, _pd_module(ref, cfg)

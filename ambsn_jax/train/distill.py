@@ -7,7 +7,8 @@ about 1.6 times: docs/student.md), so the cache costs less; whole images also gi
 teacher all the context a training crop would cut off. It is `evaluate.py --input` of the
 teacher onto `distill.targets_dir`, so it resumes the same way (a killed run redoes only the
 missing targets, another teacher or other options redo all) and splits the images over the
-processes, each writing its own share.
+processes, each writing its own share. With `distill.recharge`, a TM-BSN teacher makes one
+such set per hole size, which the Recharger mixes at every step (docs/nbsn.md, "Distillation").
 """
 
 from __future__ import annotations

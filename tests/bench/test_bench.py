@@ -68,3 +68,16 @@ def test_a_child_process_runs_on_forced_devices(bench):
     r = bench._run_child("eval_throughput", "ambsn", "jax", 1, devices=2)
     assert r.get("devices") == 2, r
     assert r["blocks"] == 2 * bench.EVAL_BLOCKS_PER_DEVICE
+
+
+def test_the_tmbsn_release_rows_run_at_smoke_size(bench, monkeypatch):
+    """The torch side of TM-BSN's and NBSN's rows (the release's code or its twins,
+    bench/tmbsn_torch.py): the forward, NBSN's at a side its release cannot take (264 / 8 = 33),
+    and NBSN's distillation step on the Recharger's targets, at its release's crop multiple.
+    Their JAX side is every network's (the test above)."""
+    monkeypatch.syspath_prepend(str(BENCH))  # bench.py imports tmbsn_torch as a script's neighbour
+    bench.SIZES = bench.SMOKE
+    for arch in ("tmbsn", "nbsn"):
+        assert bench.measure("forward264", arch, "torch", 1)["flops"] > 0
+    assert bench._train_crop("nbsn") == 64 and bench._train_crop("tmbsn") == bench.SMOKE.train_crop
+    assert bench.measure("train_step", "nbsn", "torch", 1)["median_s"] > 0
