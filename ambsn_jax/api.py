@@ -116,8 +116,8 @@ def load(
     tiling: Tiling = Tiling(),
 ) -> ImageDenoiser:
     """A reusable denoiser for many images. `ckpt`: an Orbax directory, a training workdir or a
-    release `.pth`; None: the shipped demo weights (a narrow network trained on synthetic
-    noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...);
+    release `.pth`; None: the shipped default weights (`store.DEFAULT_WEIGHTS`: a small network
+    trained on the demo's synthetic noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...);
     `precision` (highest, tf32, bf16) defaults to the platform's."""
     checkpoint = load_checkpoint(store.DEFAULT_WEIGHTS if ckpt is None else ckpt)
     switches = {} if precision is None else {"precision": precision}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ambsn_jax
+from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT
 from ambsn_jax.cli.evaluate import main as evaluate_main
 from ambsn_jax.errors import UserError
 
@@ -16,7 +17,7 @@ H, W = 20, 24
 
 @pytest.fixture(scope="module")
 def denoiser():
-    """The shipped demo weights with the release's inference, loaded once."""
+    """The default weights with their default inference, loaded once."""
     return ambsn_jax.load()
 
 
@@ -92,10 +93,11 @@ def test_denoise_gives_the_pixels_the_command_line_writes(dtype, tmp_path, capsy
     assert evaluate_main(["--input", str(png), "--output", str(tmp_path / "out"), "--seed", "3"]) == 0
     capsys.readouterr()
     written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "in.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
-    got = ambsn_jax.denoise(rgb, seed=3)  # the demo weights, TTA and R3 on, as the command's defaults
+    got = ambsn_jax.denoise(rgb, seed=3)  # the default weights and inference, as the command's
     assert got.dtype == written.dtype == dtype
     np.testing.assert_array_equal(got, written)
-    assert not np.array_equal(got, ambsn_jax.denoise(rgb, seed=4))  # R3's draws follow the seed
+    # R3's draws follow the seed (the demo AM-BSN: the default student has nothing random).
+    assert not np.array_equal(ambsn_jax.denoise(rgb, DEMO_CHECKPOINT, seed=3), ambsn_jax.denoise(rgb, DEMO_CHECKPOINT, seed=4))
 
 
 def test_a_student_denoises_in_one_pass_of_its_network(student_ckpt):

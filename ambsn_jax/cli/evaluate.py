@@ -158,8 +158,8 @@ def _checkpoint(args: argparse.Namespace):
     )
     if args.ckpt is None:
         print(
-            "note: no --ckpt given, so these are the shipped demo weights: a narrow network trained on the "
-            "synthetic demo noise, which smooths real photos and shifts their colours. For real images, convert "
+            "note: no --ckpt given, so these are the shipped demo weights: a small network trained on the "
+            "synthetic demo noise alone, which smooths real photos and shifts their colours. For real images, convert "
             "the official weights (README, 'Official weights') and pass --ckpt.",
             file=sys.stderr,
         )
