@@ -38,7 +38,7 @@ def images(tmp_path_factory) -> Path:
         ("empty", "error: {data}: "),
         ("bad_key", "error: unknown config key model.width; valid keys: "),
         ("no_data", "error: no training data: pass --data-dir"),
-        ("bad_config", "error: no config named 'nope'; known configs: apbsn_sidd, demo, distill_demo, distill_nbsn_demo, distill_nbsn_sidd, distill_sidd, mmbsn_sidd, sidd, sidd_bench"),
+        ("bad_config", "error: no config named 'nope'; known configs: apbsn_sidd, demo, distill_demo, distill_fresh_demo, distill_nbsn_demo, distill_nbsn_sidd, distill_sidd, mmbsn_sidd, sidd, sidd_bench, tmbsn_demo, tmbsn_sidd\n"),
         ("bad_flag", "error: unrecognized arguments: --frobnicate (see --help)"),
         ("bad_arch", "error: model.arch 'unet': must be one of ambsn, apbsn, mmbsn"),
     ],
