@@ -41,8 +41,8 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        description="Evaluate an AM-BSN, AP-BSN or MM-BSN checkpoint: SIDD validation scores (the default runs on the "
-        "embedded demo set), SIDD / DND benchmark submissions, or denoised image files."
+        description="Evaluate a checkpoint of any network here (AM-BSN, AP-BSN, MM-BSN, TM-BSN, the students): SIDD "
+        "validation scores (the default runs on the embedded demo set), SIDD / DND benchmark submissions, or denoised image files."
     )
     data = p.add_argument_group("what to run on (one of; default: the embedded demo validation set)")
     data.add_argument("--sidd-val", type=Path, metavar="DIR", help="folder of ValidationNoisyBlocksSrgb.mat and ValidationGtBlocksSrgb.mat")
@@ -70,11 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     val = p.add_argument_group("validation")
     val.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     val.add_argument("--limit", type=_int_in(1), metavar="N", help="score the first N blocks only")
-    inf = p.add_argument_group("model and inference")
+    _add_inference_flags(p.add_argument_group("model and inference"))
+    add_cluster_flags(p)
+    return p
+
+
+def _add_inference_flags(inf: argparse._ArgumentGroup) -> None:
     inf.add_argument(
         "--ckpt", type=Path, metavar="CKPT",
-        help="Orbax checkpoint directory, training workdir or release .pth (default: the shipped demo "
-        "weights, a narrow AM-BSN trained on the synthetic demo noise)",
+        help="Orbax checkpoint directory, training workdir or release .pth (default: the shipped default "
+        "weights, a narrow U-Net trained by Noise2Noise on the synthetic demo noise)",
     )  # fmt: skip
     inf.add_argument(
         "--no-tta", action="store_true",
@@ -98,8 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--batch", type=_int_in(1), default=Tiling.batch, metavar="N", help="blocks / tiles per device per call (%(default)s)")
     inf.add_argument("--tile", type=_int_in(1), default=Tiling.tile, metavar="PX", help="images, DND: tile side (%(default)s)")
     inf.add_argument("--overlap", type=_int_in(0), default=Tiling.overlap, metavar="PX", help="images, DND: tile overlap (%(default)s)")
-    add_cluster_flags(p)
-    return p
 
 
 def _flag(dest: str) -> str:

@@ -275,6 +275,14 @@ def _check_recharge(distill: DistillSection) -> None:
         raise UserError(f"distill.recharge {holes}: distinct hole sizes, none negative (the release: [2, 3, 4, 5, 6])")
 
 
+def _check_fresh_noise(cfg: Config) -> None:
+    if cfg.data.fresh_noise and (cfg.distill.teacher != "shots" or cfg.data.patches):
+        raise UserError(
+            "data.fresh_noise draws the two shots of Noise2Noise afresh from whole clean images: "
+            f"it needs distill.teacher=shots and data.patches=false (not {cfg.distill.teacher}, {cfg.data.patches})"
+        )
+
+
 def check_values(cfg: Config) -> Config:
     """Checks between values that the types alone do not catch."""
     if cfg.model.arch not in registry.ARCHITECTURES:
@@ -294,6 +302,7 @@ def check_values(cfg: Config) -> Config:
             "(a checkpoint of AM-BSN, AP-BSN or MM-BSN: Orbax dir, training workdir or .pth)"
         )
     _check_recharge(cfg.distill)
+    _check_fresh_noise(cfg)
     if not record.blind_spot and (cfg.train.pd, cfg.train.pd_pad) != (1, 0):
         raise UserError(
             f"the {record.display_name} sees whole images: train.pd must be 1 and train.pd_pad 0, "
@@ -310,11 +319,6 @@ def check_values(cfg: Config) -> Config:
         raise UserError(f"optim.schedule {cfg.optim.schedule!r}: one of {', '.join(SCHEDULES)}")
     if cfg.optim.schedule == "cosine" and cfg.optim.decay_steps < 1:
         raise UserError(f"optim.decay_steps {cfg.optim.decay_steps}: the cosine schedule needs at least 1")
-    if cfg.data.fresh_noise and (cfg.distill.teacher != "shots" or cfg.data.patches):
-        raise UserError(
-            "data.fresh_noise draws the two shots of Noise2Noise afresh from whole clean images: "
-            f"it needs distill.teacher=shots and data.patches=false (not {cfg.distill.teacher}, {cfg.data.patches})"
-        )
     if cfg.data.crop % cfg.train.pd:
         raise UserError(f"data.crop {cfg.data.crop} must be a multiple of train.pd {cfg.train.pd}")
     if cfg.data.dir is None:
