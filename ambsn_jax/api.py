@@ -111,17 +111,19 @@ def load(
     *,
     tta: bool = True,
     r3: bool = True,
-    self_ensemble: bool = False,
+    self_ensemble: int | bool | None = None,
     precision: str | None = None,
     tiling: Tiling = Tiling(),
 ) -> ImageDenoiser:
     """A reusable denoiser for many images. `ckpt`: an Orbax directory, a training workdir or a
     release `.pth`; None: the shipped default weights (`store.DEFAULT_WEIGHTS`: a small network
     trained on the demo's synthetic noise, for trying things out). The switches are `evaluate.py`'s (`--no-tta`, ...);
-    `precision` (highest, tf32, bf16) defaults to the platform's."""
+    `self_ensemble` (1, 2, 4 or 8 orientations; True: 8) and `precision` (highest, tf32, bf16)
+    default to the checkpoint metadata's and the platform's."""
     checkpoint = load_checkpoint(store.DEFAULT_WEIGHTS if ckpt is None else ckpt)
-    switches = {} if precision is None else {"precision": precision}
-    cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, self_ensemble=self_ensemble, **switches)
+    given = {"precision": precision, "self_ensemble": self_ensemble}
+    switches = {k: v for k, v in given.items() if v is not None}
+    cfg = default_inference(checkpoint.meta, tta=tta, r3=r3, **switches)
     denoiser = BatchDenoiser(checkpoint.meta.arch, checkpoint.meta.config, cfg).bind(checkpoint.params)
     return ImageDenoiser(checkpoint, cfg, tiling, denoiser)
 

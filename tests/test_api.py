@@ -124,6 +124,12 @@ def test_loaded_denoiser_compiles_once_per_shape(denoiser):
         assert fn._cache_size() == before  # same shape: no new program
 
 
+def test_the_default_weights_come_with_their_metadata_s_self_ensemble(denoiser):
+    assert denoiser.checkpoint.meta.self_ensemble == denoiser.cfg.self_ensemble == 4
+    assert ambsn_jax.load(self_ensemble=False).cfg.self_ensemble == 1
+    assert ambsn_jax.load(self_ensemble=2).cfg.self_ensemble == 2
+
+
 def test_load_and_denoise_say_nothing(capfd):
     capfd.readouterr()
     dn = ambsn_jax.load(tta=False, r3=False)

@@ -30,6 +30,9 @@ class CheckpointMeta:
     created: str | None = None  # ISO time of conversion
     note: str | None = None  # free text, e.g. the command that made shipped weights
     ema_decay: float | None = None  # the weights served are a moving average of this decay; None: as trained
+    # The default inference's self-ensemble: how many rotations / flips it averages
+    # (`inference.release.ENSEMBLES`); None: one pass. JSON true / false read as 8 / 1.
+    self_ensemble: int | None = None
     tool_version: str = __version__
 
     @classmethod
@@ -76,6 +79,10 @@ class CheckpointMeta:
         ints = [k for k in ("train_pd", "train_pd_pad") if not isinstance(data[k], int) or isinstance(data[k], bool)]
         if ints or data["train_pd"] < 1 or data["train_pd_pad"] < 0:
             raise UserError(f"{where}: metadata train_pd / train_pd_pad must be integers (>= 1, >= 0)")
+        if isinstance(data.get("self_ensemble"), bool):
+            data["self_ensemble"] = 8 if data["self_ensemble"] else 1
+        if not isinstance(data.get("self_ensemble", 1), int) or data.get("self_ensemble", 1) < 1:
+            raise UserError(f"{where}: metadata self_ensemble must be a count of orientations (1, 2, 4 or 8)")
         try:
             config = registry.network_config(arch, data["config"]).to_dict()
         except UserError as e:

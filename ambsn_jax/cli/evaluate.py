@@ -86,7 +86,11 @@ def _add_inference_flags(inf: argparse._ArgumentGroup) -> None:
         help="PD-2 pass only, no PD-5 fusion (AM-BSN; AP-BSN and MM-BSN never fuse, as their releases)",
     )  # fmt: skip
     inf.add_argument("--no-r3", action="store_true", help="skip random-replacing refinement")
-    inf.add_argument("--self-ensemble", action="store_true", help="average over the 8 rotations / flips")
+    inf.add_argument(
+        "--self-ensemble", type=_int_in(1), nargs="?", const=8, metavar="N",
+        help="average over N rotations / flips: 1, 2 (with the half turn), 4 (the rotations) or 8 (no N: 8); "
+        "default: the checkpoint's metadata's, else one pass",
+    )  # fmt: skip
     inf.add_argument(
         "--precision", choices=PRECISIONS,
         help="of the convolutions: highest (float32), tf32 or bf16 (GPU tensor cores; slow on CPUs); "
@@ -184,11 +188,9 @@ def _denoiser(args: argparse.Namespace, checkpoint: Any, own_files: bool = False
 def _inference_config(args: argparse.Namespace, checkpoint: Any):
     from ambsn_jax.inference.release import default_inference
 
-    precision = {} if args.precision is None else {"precision": args.precision}
-    return default_inference(
-        checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, self_ensemble=args.self_ensemble,
-        winograd=args.winograd, **precision
-    )
+    given = {"precision": args.precision, "self_ensemble": args.self_ensemble}
+    switches = {k: v for k, v in given.items() if v is not None}
+    return default_inference(checkpoint.meta, tta=not args.no_tta, r3=not args.no_r3, winograd=args.winograd, **switches)
 
 
 def _tiling(args: argparse.Namespace) -> Tiling:

@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     inf = p.add_argument_group("inference (as evaluate.py's)")
     inf.add_argument("--no-tta", action="store_true", help="PD-2 pass only (AM-BSN)")
     inf.add_argument("--no-r3", action="store_true", help="skip random-replacing refinement")
-    inf.add_argument("--self-ensemble", action="store_true", help="average over the 8 rotations / flips")
+    inf.add_argument(
+        "--self-ensemble", type=_int_in(1), nargs="?", const=8, metavar="N",
+        help="average over N rotations / flips: 1, 2 (with the half turn), 4 (the rotations) or 8 (no N: 8); "
+        "default: the checkpoint's metadata's, else one pass",
+    )  # fmt: skip
     inf.add_argument("--precision", choices=PRECISIONS, help="of the convolutions (default: the platform's)")
     inf.add_argument("--tile", type=_int_in(1), default=Tiling.tile, metavar="PX", help="tile side (%(default)s)")
     inf.add_argument("--overlap", type=_int_in(0), default=Tiling.overlap, metavar="PX", help="tile overlap (%(default)s)")

@@ -50,8 +50,9 @@ def denoise_graph_path(out: Path) -> Path:
 
 
 def pd_inference(meta: Any) -> InferenceConfig:
-    """What the PD graph computes: the checkpoint's default inference without R3."""
-    return default_inference(meta, r3=False)
+    """What the PD graph computes: the checkpoint's default inference without R3, one orientation
+    (a caller averages rotations itself, as it runs R3 around the graph)."""
+    return default_inference(meta, r3=False, self_ensemble=1)
 
 
 def reference_for_export(params: Any, config: Any, pd_pad: int = 2) -> "torch.nn.Module":

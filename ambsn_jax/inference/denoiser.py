@@ -28,8 +28,8 @@ def _denoise_one(graphdef: nnx.GraphDef, cfg: InferenceConfig, params: Params, x
     net = with_precision(nnx.merge(graphdef, params), cfg.precision)
     run = partial(denoise, net if cfg.hole is None else partial(net, hole=cfg.hole), cfg=cfg)
     with convolutions_in(cfg.precision), winograd(cfg.winograd):
-        if cfg.self_ensemble:
-            return self_ensemble(run, x[None], key)[0]
+        if cfg.self_ensemble > 1:
+            return self_ensemble(run, x[None], key, cfg.self_ensemble)[0]
         return run(x[None], key)[0]
 
 

@@ -14,10 +14,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ambsn_jax.errors import UserError
 from ambsn_jax.ops.pd import pd_down, pd_up
 from ambsn_jax.ops.precision import default_precision
 
 Network = Callable[[jax.Array], jax.Array]
+
+# The orientations (quarter turns k, flipped first or not) a self-ensemble of each size averages:
+# every one a group (identity; + the half turn; the four rotations; all eight), so each size
+# treats the image's axes alike. The order within them is that of the batch `self_ensemble` runs.
+_ROTATIONS = tuple((k, False) for k in range(4))
+ENSEMBLES: dict[int, tuple[tuple[int, bool], ...]] = {
+    1: _ROTATIONS[:1], 2: _ROTATIONS[::2], 4: _ROTATIONS, 8: _ROTATIONS + tuple((k, True) for k in range(4)),
+}  # fmt: skip
+
+
+def ensemble_size(value: bool | int) -> int:
+    """A self-ensemble's size from a count of `ENSEMBLES`, or a switch (True: all 8, False: 1)."""
+    if isinstance(value, bool):
+        return 8 if value else 1
+    if value not in ENSEMBLES:
+        raise UserError(f"self-ensemble of {value!r} orientations: give one of {', '.join(map(str, ENSEMBLES))}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +51,7 @@ class InferenceConfig:
     r3: bool = True
     r3_t: int = 8
     r3_p: float = 0.16
-    self_ensemble: bool = False  # average over the 8 rotations / flips
+    self_ensemble: int = 1  # how many rotations / flips to average (`ENSEMBLES`); True / False read as 8 / 1
     r3_batched: bool = False  # R3's T passes as one batch (more memory; on GPUs maybe faster) instead of in turn
     precision: str = "highest"  # of the convolutions: highest, tf32 or bf16 (`ops.precision`)
     hole: int | None = None  # TM-BSN's hole size, passed to the network at every call; None: a network without one
@@ -41,6 +59,9 @@ class InferenceConfig:
     # Reflection padding of the whole input around everything above, cropped after: the TM-BSN
     # and NBSN releases' benchmark pads by 16 (their `--pad`); 0 for the other networks.
     reflect_pad: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "self_ensemble", ensemble_size(self.self_ensemble))
 
     def release_options(self) -> dict[str, Any]:
         """The switches under the release's argument names, as reports record them."""
@@ -63,6 +84,7 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     5); AP-BSN and MM-BSN have no such fusion: PD 2, then R3, and `tta=True` keeps it so.
     A non-blind network (the distilled student) sees every pixel: one pass of the network, no
     PD, no fusion, no R3 (`tta=True` and `r3=True` keep them off; self-ensemble still applies).
+    The self-ensemble's size is the metadata's (`meta.self_ensemble`; absent: one pass).
     A record's `release_inference` sets what its release's test script does instead (TM-BSN:
     one pass of its input reflected by 16, at hole size 2, no R3; NBSN: its input reflected
     by 16), whatever the metadata says.
@@ -70,7 +92,8 @@ def default_inference(meta: Any, **switches: Any) -> InferenceConfig:
     """
     record = meta.architecture
     release = InferenceConfig(
-        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision()
+        pd_a=meta.train_pd, pd_pad=meta.train_pd_pad, tta=record.release_tta, precision=default_precision(),
+        self_ensemble=meta.self_ensemble or 1,
     )
     if not record.blind_spot:
         release = dataclasses.replace(release, pd_b=1, pd_pad=0, r3=False)
@@ -164,15 +187,16 @@ def _unorient(y: jax.Array, k: int, flip: bool) -> jax.Array:
 
 
 def self_ensemble(
-    fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array
+    fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, key: jax.Array, size: int = 8
 ) -> jax.Array:
-    """Mean of `fn(x', key)` over the 8 rotations / flips x' of x, each undone after.
+    """Mean of `fn(x', key)` over the `size` orientations x' of x that `ENSEMBLES` lists, each
+    undone after.
 
     Orientations of equal shape run as one batch: two calls of `fn`, or one if H == W.
     """
     n, h, w = x.shape[:3]
-    orients = [(k, flip) for flip in (False, True) for k in range(4)]
-    groups = [orients] if h == w else [orients[0::2], orients[1::2]]
+    orients = ENSEMBLES[size]
+    groups = [orients] if h == w else [g for g in ([o for o in orients if o[0] % 2 == r] for r in (0, 1)) if g]
     total = jnp.zeros(x.shape, jnp.float32)
     for group, gkey in zip(groups, jax.random.split(key, len(groups))):
         out = fn(jnp.concatenate([_orient(x, *o) for o in group]), gkey)

@@ -27,7 +27,8 @@ LEGACY = {
 
 def test_round_trip_through_json():
     meta = CheckpointMeta.for_network(
-        "mmbsn", MMBSNConfig(base_ch=8, mask_type="a45_o"), train_pd=4, train_pd_pad=1, source="config x", note="n"
+        "mmbsn", MMBSNConfig(base_ch=8, mask_type="a45_o"), train_pd=4, train_pd_pad=1, source="config x", note="n",
+        self_ensemble=4,
     )
     data = json.loads(json.dumps(meta.to_json()))
     assert "created" not in data and "source_sha256" not in data  # unset fields are left out
@@ -50,6 +51,9 @@ def test_a_0_1_0_dict_reads_with_the_release_pd():
     assert (meta.arch, meta.train_pd, meta.train_pd_pad) == ("ambsn", 5, 2)
     assert (meta.source, meta.note, meta.tool_version) == ("demo", "python train.py --config demo", "0.1.0")
     assert meta.network_config() == AMBSNConfig(base_ch=16)
+    assert meta.self_ensemble is None  # older metadata names no self-ensemble: one pass
+    assert CheckpointMeta.from_json({**LEGACY, "self_ensemble": True}, WHERE).self_ensemble == 8
+    assert CheckpointMeta.from_json({**LEGACY, "self_ensemble": False}, WHERE).self_ensemble == 1
     # 0.1.0's first checkpoints named no architecture, and conversions said `converted`.
     older = {"config": {"base_ch": 8}, "converted": "2025-01-01T00:00:00+00:00"}
     meta = CheckpointMeta.from_json(older, WHERE)
@@ -68,6 +72,8 @@ MALFORMED = {
     "train_pd a bool": ({**LEGACY, "train_pd": True}, "train_pd / train_pd_pad must be integers"),
     "train_pd zero": ({**LEGACY, "train_pd": 0}, "train_pd / train_pd_pad must be integers (>= 1, >= 0)"),
     "negative pad": ({**LEGACY, "train_pd_pad": -1}, "train_pd / train_pd_pad must be integers"),
+    "self_ensemble a string": ({**LEGACY, "self_ensemble": "4"}, "self_ensemble must be a count of orientations"),
+    "self_ensemble zero": ({**LEGACY, "self_ensemble": 0}, "self_ensemble must be a count of orientations"),
 }
 
 

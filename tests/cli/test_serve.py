@@ -27,11 +27,20 @@ from tests.serve.helpers import http_status  # noqa: E402
         (["--port", "70000"], "'70000' is not an integer in 0..65535"),
         (["--queue", "0"], "'0' is not an integer >= 1"),
         (["--ckpt", "no/such/ckpt"], "no/such/ckpt"),
+        (["--self-ensemble", "3"], "self-ensemble of 3 orientations: give one of 1, 2, 4, 8"),
     ],
 )
 def test_a_bad_command_line_is_one_error_line(argv, fragment, capsys):
     assert main(argv) == 2
     one_error_line(capsys.readouterr().err, fragment)
+
+
+def test_the_self_ensemble_is_the_checkpoint_s_unless_given():
+    from ambsn_jax.cli.serve import build_parser
+
+    assert build_parser().parse_args([]).self_ensemble is None  # api.load then takes the metadata's
+    assert build_parser().parse_args(["--self-ensemble"]).self_ensemble == 8
+    assert build_parser().parse_args(["--self-ensemble", "4"]).self_ensemble == 4
 
 
 def _free_port() -> int:

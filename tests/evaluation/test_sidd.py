@@ -66,7 +66,7 @@ def test_validation_equals_the_pytorch_reference_pipeline(val_dir, pth, scaled_s
     assert rep["options"] == {
         "dataset": str(val_dir), "seed": 0, "batch": 3, "limit": None,
         "pd_a": 5, "pd_b": 2, "pd_pad": 2, "R3": False, "R3_T": 8, "R3_p": 0.16, "tta": True,
-        "self_ensemble": False, "precision": "highest", "winograd": False,
+        "self_ensemble": 1, "precision": "highest", "winograd": False,
     }  # fmt: skip
     assert rep["checkpoint"] == {
         "path": str(pth), "step": None, "sha256": hashlib.sha256(pth.read_bytes()).hexdigest(),
@@ -95,7 +95,7 @@ def test_inference_switches_reach_the_denoiser(val_dir, ckpt, model, capsys, tmp
     cfg = InferenceConfig(pd_a=5, pd_pad=2, tta=False, r3=False, self_ensemble=True, precision="bf16")
     out = np.asarray(postprocess(bound(model, cfg)(noisy.astype(np.float32), keys(len(noisy)))))
     np.testing.assert_allclose(block_numbers(rep)[:, 0], [psnr(c, o) for c, o in zip(clean, out)], rtol=0, atol=1e-9)
-    assert rep["options"]["self_ensemble"] and rep["options"]["precision"] == "bf16"
+    assert rep["options"]["self_ensemble"] == 8 and rep["options"]["precision"] == "bf16"
     assert not rep["options"]["tta"] and not rep["options"]["R3"]
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from ambsn_jax.checkpoint.meta import CheckpointMeta
+from ambsn_jax.errors import UserError
 from ambsn_jax.inference.release import (
+    ENSEMBLES,
     InferenceConfig,
     default_inference,
     denoise,
@@ -98,7 +100,7 @@ def test_default_inference_follows_the_architecture_and_the_training_pd(arch):
     cfg = default_inference(trained, tta=True, r3=False, self_ensemble=True, precision="bf16")
     # AM-BSN fuses PD 2 with the PD it was trained at; AP-BSN and MM-BSN never fuse, tta=True or not.
     assert (cfg.pd_a, cfg.pd_pad, cfg.tta) == (4, 1, arch == "ambsn")
-    assert (cfg.r3, cfg.self_ensemble, cfg.precision) == (False, True, "bf16")
+    assert (cfg.r3, cfg.self_ensemble, cfg.precision) == (False, 8, "bf16")
     assert not default_inference(trained, tta=False).tta
 
 
@@ -107,7 +109,7 @@ def test_a_students_default_inference_is_one_pass_of_the_network(rng):
     meta = CheckpointMeta.for_release("student", StudentConfig(base_ch=4, depth=1), source="test")
     cfg = default_inference(meta, tta=True, r3=True)
     assert (cfg.pd_a, cfg.pd_b, cfg.pd_pad, cfg.tta, cfg.r3) == (1, 1, 0, False, False)
-    assert default_inference(meta, self_ensemble=True).self_ensemble
+    assert default_inference(meta, self_ensemble=True).self_ensemble == 8
     net = lambda v: v * 2.0 + 1.0  # noqa: E731 - any function: the network alone is applied
     x = jnp.asarray(image(rng, 1, 7, 5))
     np.testing.assert_array_equal(np.asarray(denoise(net, x, jax.random.key(0), cfg)), np.asarray(net(x)))
@@ -135,7 +137,7 @@ def test_inference_config_needs_the_training_pd_and_reports_the_release_names():
         InferenceConfig()  # type: ignore[call-arg]
     assert RELEASE.release_options() == {
         "pd_a": 5, "pd_b": 2, "pd_pad": 2, "R3": True, "R3_T": 8, "R3_p": 0.16, "tta": True,
-        "self_ensemble": False, "precision": "highest", "winograd": False,
+        "self_ensemble": 1, "precision": "highest", "winograd": False,
     }  # fmt: skip
 
 
@@ -173,3 +175,32 @@ def test_self_ensemble_averages_orientations(rng):
     # The mean of the shift's 8 orientations: each pixel averages its 4 neighbours' 2 visits each.
     want = sum(jnp.roll(x, s, axis=a) for a in (1, 2) for s in (1, -1)) / 4
     np.testing.assert_allclose(out, want, rtol=1e-5)
+
+
+def _shift(x, key):
+    return jnp.roll(x, 1, axis=2) + 0.1 * jnp.roll(x, 2, axis=1)  # no rotation or flip commutes with it
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+@pytest.mark.parametrize("h,w", [(6, 6), (6, 9)])
+def test_a_self_ensemble_is_the_mean_of_one_pass_over_its_orientations(rng, size, h, w):
+    x = jnp.asarray(image(rng, 2, h, w))
+    passes = []
+    for k, flip in ENSEMBLES[size]:
+        y = jnp.rot90(_shift(jnp.rot90(x[:, :, ::-1] if flip else x, k, axes=(1, 2)), None), -k, axes=(1, 2))
+        passes.append(y[:, :, ::-1] if flip else y)
+    want = np.mean(np.stack(passes), axis=0)
+    np.testing.assert_allclose(self_ensemble(_shift, x, jax.random.key(0), size), want, rtol=1e-5, atol=1e-5)
+    # As documented (--self-ensemble's help): 2 adds the half turn, 4 are the rotations, 8 all.
+    quarter_turns = {2: {0, 2}, 4: {0, 1, 2, 3}, 8: {0, 1, 2, 3}}[size]
+    assert set(ENSEMBLES[size]) == {(k, f) for k in quarter_turns for f in {False, size == 8}}
+
+
+def test_the_self_ensemble_size_comes_from_the_metadata_and_switches_override_it():
+    meta = CheckpointMeta.for_release("student", StudentConfig(base_ch=4, depth=1), source="test", self_ensemble=4)
+    assert default_inference(meta).self_ensemble == 4
+    assert default_inference(meta, self_ensemble=False).self_ensemble == 1
+    assert default_inference(meta, self_ensemble=True).self_ensemble == 8
+    assert default_inference(CheckpointMeta.for_release("student", StudentConfig(base_ch=4, depth=1), source="test")).self_ensemble == 1
+    with pytest.raises(UserError, match="self-ensemble of 3 orientations: give one of 1, 2, 4, 8"):
+        default_inference(meta, self_ensemble=3)
