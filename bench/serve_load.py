@@ -3,7 +3,7 @@ C clients posting the same demo photo N times in all, then stop. Prints requests
 latency, failures and the server's resident memory before and after, and the load average
 (other jobs share the cores). README "Serve" quotes its figures.
 
-    python bench/serve_load.py [--ckpt student|teacher|PATH] [--size 256] [--clients 8]
+    python bench/serve_load.py [--ckpt default|student|teacher|PATH] [--size 256] [--clients 8]
                                [--requests 200] [--max-batch 4] [--json OUT] [--screenshot PNG]
 
 `--screenshot` also loads the page in headless Chromium (Debian's chromium and chromedriver),
@@ -24,10 +24,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ambsn_jax.checkpoint.store import DEMO_CHECKPOINT, DEMO_STUDENT
+from ambsn_jax.checkpoint.store import DEFAULT_WEIGHTS, DEMO_CHECKPOINT, DEMO_STUDENT
 from ambsn_jax.serve.loadgen import demo_png, rss_mib, run_load
 
-NAMED = {"student": DEMO_STUDENT, "teacher": DEMO_CHECKPOINT}
+NAMED = {"default": DEFAULT_WEIGHTS, "student": DEMO_STUDENT, "teacher": DEMO_CHECKPOINT}
 
 
 def _free_port() -> int:
@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", default="student", help="student, teacher (the shipped demo weights) or a path")
+    p.add_argument("--ckpt", default="default", help="default (what ambsn-serve serves with no --ckpt), student, teacher (the shipped demo weights) or a path")
     p.add_argument("--size", type=int, default=256, help="side of the posted square demo photo")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=200)

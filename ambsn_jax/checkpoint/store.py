@@ -47,7 +47,8 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo_ckpt"
 # The shipped demo student, distilled from DEMO_CHECKPOINT (`--config distill_demo`).
 DEMO_STUDENT = DEMO_CHECKPOINT.with_name("demo_student")
 # The demo student of Noise2Noise on fresh noisy pairs (`--config distill_fresh_demo`, from
-# DEMO_STUDENT): the best of these on the demo set, in one pass.
+# DEMO_STUDENT): the best of these on the demo set, with the 4-rotation self-ensemble its
+# metadata asks for.
 DEMO_N2N = DEMO_CHECKPOINT.with_name("demo_n2n")
 # The weights wherever a checkpoint may be left out: evaluate.py, `ambsn_jax.load` / `denoise`
 # and ambsn-serve.
