@@ -43,6 +43,10 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_opti
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 jax.config.update("jax_compilation_cache_dir", _CACHE)
+# JAX keeps only programs that took a second to compile; the tests' subprocesses (launched
+# runs, resumes, benches) recompile the same many small programs, so every one is kept.
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Parity is defined against float32 convolutions; TF32 (the GPU default) alone moves outputs
 # by ~0.3, so the tests pin full precision wherever they run.
