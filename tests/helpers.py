@@ -238,10 +238,10 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (36, 44), see
 TMBSN_RELEASE_ENV = "AMBSN_TMBSN_RELEASE"
 
 
-def tmbsn_release():
-    """The TM-BSN release's model/TMBSN.py as a module, from the checkout that AMBSN_TMBSN_RELEASE
-    names, or a skip saying so (the release has no licence: this repository neither ships nor
-    fetches its code)."""
+def tmbsn_release(file: str = "model/TMBSN.py"):
+    """A file of the TM-BSN release (`model/TMBSN.py`, `model/NBSN102.py`, `utils.py`) as a
+    module, from the checkout that AMBSN_TMBSN_RELEASE names, or a skip saying so (the release
+    has no licence: this repository neither ships nor fetches its code)."""
     import importlib.util
 
     import pytest
@@ -249,10 +249,10 @@ def tmbsn_release():
     root = os.environ.get(TMBSN_RELEASE_ENV)
     if not root:
         pytest.skip(f"{TMBSN_RELEASE_ENV} is not set: point it at a checkout of the TM-BSN release to compare with its code")
-    path = Path(root) / "model" / "TMBSN.py"
+    path = Path(root) / file
     if not path.is_file():
-        pytest.fail(f"{TMBSN_RELEASE_ENV}={root}: has no model/TMBSN.py")
-    spec = importlib.util.spec_from_file_location("tmbsn_release_model", path)
+        pytest.fail(f"{TMBSN_RELEASE_ENV}={root}: has no {file}")
+    spec = importlib.util.spec_from_file_location(f"tmbsn_release_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -33,7 +33,7 @@ from ambsn_jax.metrics import psnr, ssim
 from ambsn_jax.nets.ambsn import AMBSNConfig
 from ambsn_jax.nets.tmbsn import TMBSNConfig
 from ambsn_jax.ops.windows import pad_to_min_side
-from tests.helpers import RELEASE, SIDD_SHAPE, block_numbers, bound, evaluate_report, keys, sidd_blocks, sidd_blocks_of, write_pth
+from tests.helpers import RELEASE, SIDD_SHAPE, TMBSN_RELEASE_ENV, block_numbers, bound, evaluate_report, keys, sidd_blocks, sidd_blocks_of, tmbsn_release, write_pth
 
 FAST = ["--no-tta", "--no-r3"]  # cheapest compilation, where the inference itself is not the point
 
@@ -204,17 +204,11 @@ def test_nbsn_validation_scores_as_its_release_pipeline(official_state_dict, cap
 def _release_nbsn(pth: str) -> torch.nn.Module:
     """The release's own N_BSN (AMBSN_TMBSN_RELEASE set) or its twin, holding `pth` as the
     release's scripts load it; its forward on 0..1."""
-    import importlib.util
-
     from ambsn_jax.convert.reference import twin_of
     from ambsn_jax.nets.nbsn import NBSNConfig
 
-    if os.environ.get("AMBSN_TMBSN_RELEASE"):
-        path = Path(os.environ["AMBSN_TMBSN_RELEASE"]) / "model" / "NBSN102.py"
-        spec = importlib.util.spec_from_file_location("release_nbsn", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        net = module.N_BSN()
+    if os.environ.get(TMBSN_RELEASE_ENV):
+        net = tmbsn_release("model/NBSN102.py").N_BSN()
     else:
         net = twin_of(NBSNConfig())  # the release's keys; its `unit` is the release's forward
     net.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True), strict=True)

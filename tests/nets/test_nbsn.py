@@ -4,9 +4,7 @@ their own widths, and the twin equals the release's own code (opt-in: AMBSN_TMBS
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,7 @@ from ambsn_jax.convert.reference import twin_of
 from ambsn_jax.errors import UserError
 from ambsn_jax.nets import registry
 from ambsn_jax.nets.nbsn import NBSNConfig, config_from_state_dict, key_map
-from tests.helpers import image, numpy_sd, spec_shapes
+from tests.helpers import image, numpy_sd, spec_shapes, tmbsn_release
 
 SMALL = NBSNConfig(base_ch=4, depth=2)
 RELEASE = os.environ.get("AMBSN_TMBSN_RELEASE")
@@ -70,10 +68,7 @@ def test_bad_widths_are_refused_naming_the_field():
 
 
 def _release_class():
-    spec = importlib.util.spec_from_file_location("release_nbsn", Path(RELEASE) / "model" / "NBSN102.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.N_BSN
+    return tmbsn_release("model/NBSN102.py").N_BSN
 
 
 @pytest.mark.skipif(not RELEASE, reason="set AMBSN_TMBSN_RELEASE to a TM-BSN release checkout to compare with its code")

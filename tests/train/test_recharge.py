@@ -4,18 +4,13 @@ the release's own `Recharger` (opt-in: AMBSN_TMBSN_RELEASE)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 
 from ambsn_jax.train.recharge import mix, recharge, recharge_batch
-from tests.helpers import TMBSN_RELEASE_ENV
+from tests.helpers import tmbsn_release
 
 
 def test_each_pixel_gives_its_noisy_value_to_exactly_one_target():
@@ -62,12 +57,7 @@ def test_a_batch_keeps_its_layout_and_its_noisy_crops():
 def test_mix_is_the_release_recharger_given_its_draw(monkeypatch):
     """The release's `Recharger.apply` (utils.py, AMBSN_TMBSN_RELEASE), its `torch.randint` made
     to return our draw: the same targets, NCHW against NHWC."""
-    root = os.environ.get(TMBSN_RELEASE_ENV)
-    if not root:
-        pytest.skip(f"{TMBSN_RELEASE_ENV} is not set: point it at a checkout of the TM-BSN release to compare with its code")
-    spec = importlib.util.spec_from_file_location("tmbsn_release_utils", Path(root) / "utils.py")
-    utils = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(utils)
+    utils = tmbsn_release("utils.py")
     rng = np.random.default_rng(0)
     noisy = rng.uniform(0, 1, (2, 6, 7, 3)).astype(np.float32)
     targets = rng.uniform(0, 1, (5, 2, 6, 7, 3)).astype(np.float32)
