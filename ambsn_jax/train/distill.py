@@ -51,6 +51,19 @@ def source_note(teacher: str, recharge: tuple[int, ...] = (), fresh_noise: bool 
     return f"distilled from {teacher_path(teacher)}{mixed}"
 
 
+def _shot_of(image: Path) -> str:
+    """The shot marker (`_SHOT_NAMES`) in `image`'s name, in any case."""
+    ours = [s for s in _SHOT_NAMES if s in image.name.upper()]
+    if not ours:
+        raise UserError(f"{image}: not a SIDD Medium noisy shot (_NOISY_SRGB_010 / _011); distill.teacher={SHOTS} needs both shots of each scene")
+    return ours[0]
+
+
+def _with_shot_replaced(image: Path, shot: str, new: str) -> Path:
+    start = image.name.upper().index(shot)
+    return image.with_name(image.name[:start] + new + image.name[start + len(shot) :])
+
+
 def shot_pairs(images: list[Path]) -> list[tuple[Path, Path]]:
     """(noisy image, the other noisy shot of the same scene) for every training image, whole
     images or patches alike (a patch's name keeps its image's). The loss never sees a clean
@@ -58,13 +71,8 @@ def shot_pairs(images: list[Path]) -> list[tuple[Path, Path]]:
     given the input, which the sRGB curve and the demosaic (both monotone or linear) keep."""
     pairs = []
     for image in images:
-        name = image.name.upper()
-        ours = [s for s in _SHOT_NAMES if s in name]
-        if not ours:
-            raise UserError(f"{image}: not a SIDD Medium noisy shot (_NOISY_SRGB_010 / _011); distill.teacher={SHOTS} needs both shots of each scene")
-        start = name.index(ours[0])
-        other = _SHOT_NAMES[1 - _SHOT_NAMES.index(ours[0])]
-        partner = image.with_name(image.name[:start] + other + image.name[start + len(other) :])
+        shot = _shot_of(image)
+        partner = _with_shot_replaced(image, shot, _SHOT_NAMES[1 - _SHOT_NAMES.index(shot)])
         if not partner.is_file():
             raise UserError(f"{image}: its scene's other shot {partner.name} is missing; distill.teacher={SHOTS} needs both shots")
         pairs.append((image, partner))
@@ -77,14 +85,10 @@ def clean_sources(images: list[Path]) -> list[Path]:
     pixels only, two independent shots, as with `shot_pairs`; the clean image feeds the noise
     model, which stands in for the camera taking more shots."""
     scenes = {}
-    for image in images:
-        noisy, _ = shot_pairs([image])[0]
-        name = noisy.name.upper()
-        shot = next(s for s in _SHOT_NAMES if s in name)
-        start = name.index(shot)
-        clean = noisy.with_name(noisy.name[:start] + _CLEAN_NAME + noisy.name[start + len(shot) :])
+    for noisy, _ in shot_pairs(images):
+        clean = _with_shot_replaced(noisy, _shot_of(noisy), _CLEAN_NAME)
         if not clean.is_file():
-            raise UserError(f"{image}: its scene's ground truth {clean.name} is missing; data.fresh_noise noises it afresh")
+            raise UserError(f"{noisy}: its scene's ground truth {clean.name} is missing; data.fresh_noise noises it afresh")
         scenes.setdefault(clean, None)
     return list(scenes)
 
