@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,10 @@ import urllib.request
 from pathlib import Path
 
 from ambsn_jax.checkpoint.store import DEFAULT_WEIGHTS, DEMO_CHECKPOINT, DEMO_STUDENT
+from ambsn_jax.cli.launch import free_port
 from ambsn_jax.serve.loadgen import demo_png, rss_mib, run_load
 
 NAMED = {"default": DEFAULT_WEIGHTS, "student": DEMO_STUDENT, "teacher": DEMO_CHECKPOINT}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(base: str, server: subprocess.Popen, timeout: float = 600) -> float:
@@ -79,7 +73,7 @@ def _screenshot(base: str, body: bytes, out: Path) -> None:
 
 def measure(args: argparse.Namespace) -> dict:
     ckpt = NAMED.get(args.ckpt, args.ckpt)
-    port = _free_port()
+    port = free_port()
     command = ["ambsn-serve", "--ckpt", str(ckpt), "--port", str(port), "--max-batch", str(args.max_batch)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -4,7 +4,6 @@ serving on loopback until interrupted. What the service answers is tests/serve/'
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from tests.helpers import ROOT, one_error_line
 
 pytest.importorskip("uvicorn", reason="the service's extra is not installed: pip install -e '.[test-serve]'")
 
+from ambsn_jax.cli.launch import free_port  # noqa: E402
 from ambsn_jax.cli.serve import main  # noqa: E402
 from ambsn_jax.serve.loadgen import demo_png, run_load  # noqa: E402
 from tests.serve.helpers import http_status  # noqa: E402
@@ -43,14 +43,8 @@ def test_the_self_ensemble_is_the_checkpoint_s_unless_given():
     assert build_parser().parse_args(["--self-ensemble", "4"]).self_ensemble == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_command_serves_until_interrupted(student_ckpt):
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "ambsn_jax.cli.serve", "--ckpt", str(student_ckpt), "--port", str(port), "--tile", "64", "--overlap", "16"]
     server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

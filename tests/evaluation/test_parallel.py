@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from ambsn_jax.cli import evaluate
+from ambsn_jax.cli.launch import free_port
 from ambsn_jax.data.images import read_pixels
 from ambsn_jax.evaluation.submission import read_submission
 from tests.helpers import ROOT, SIDD_SHAPE, launched_pid, write_png
@@ -39,9 +39,7 @@ def argvs(val_dir: Path, bench_dir: Path, images: Path, ckpt: Path, out: Path) -
 
 def run_in_subprocesses(all_argv: list[list[str]], processes: int, devices: int, tmp: Path) -> None:
     """Each process runs every command line in turn (as `evaluate.py` would, joined like training)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = "import sys\nfrom ambsn_jax.cli.evaluate import main\n" + "".join(
         f"assert main({argv!r}) == 0\n" for argv in all_argv
     )
